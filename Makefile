@@ -1,0 +1,22 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the test suite).
+# Both create .venv and install dualfuse into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.dualfuse-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: install run test bench
+install: $(BIN)/.dualfuse-installed
+
+run: install
+	$(BIN)/dualfuse models --img-size 224
+
+test: install
+	$(BIN)/python -m pytest -q -n 2
+
+bench: install
+	$(BIN)/python benchmarks/model_cost.py --out benchmarks/results/model_cost.json

@@ -1,0 +1,29 @@
+"""Classifier heads. Every dropout that MC sampling uses lives here or later, after the backbones."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ClassifierHead(nn.Sequential):
+    """Dropout → Linear(hidden) → ReLU → Dropout → Linear(classes); `hidden=0` gives Dropout → Linear.
+
+    Binary tasks use two logits (softmax), so entropy means the same for every task.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 256, drop_rate: float = 0.3):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (binary tasks use 2 softmax logits), got {num_classes}")
+        if hidden:
+            layers = [nn.Dropout(drop_rate), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                      nn.Dropout(drop_rate), nn.Linear(hidden, num_classes)]
+        else:
+            layers = [nn.Dropout(drop_rate), nn.Linear(in_features, num_classes)]
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.num_classes = num_classes
+
+
+def global_avg_max(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, 2C): average and max pooling side by side."""
+    return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
