@@ -48,13 +48,21 @@ def create_backbone(name: str, pretrained: bool | str = False, in_chans: int = 3
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights for {name} not found: {path}")
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
                 num_classes=0, in_chans=in_chans, **kwargs,
             )
-        except RuntimeError as error:  # key or shape mismatch: say which file, keep it to one line
+        except RuntimeError as error:  # shape mismatch: say which file, keep it to one line
             first_line = str(error).strip().splitlines()[0]
             raise ValueError(f"{path}: weights do not fit backbone {name}: {first_line}") from None
+        # timm loads non-strictly once the classifier is dropped, so a wrong file would load silently.
+        provided = set(timm.models.load_state_dict(str(path)))
+        missing = [key for key in model.state_dict() if key not in provided and not key.endswith("num_batches_tracked")]
+        if missing:
+            raise ValueError(
+                f"{path}: weights do not fit backbone {name}: {len(missing)} tensors missing, e.g. {missing[0]}"
+            )
+        return model
     return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
 
 
