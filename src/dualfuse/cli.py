@@ -35,6 +35,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from dualfuse.data.check import check_source, render_report
+
+    report = check_source(
+        args.source, args.format, args.near_threshold, args.workers, modalities=args.modalities, tasks=args.tasks
+    )
+    if args.json == "-":
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        render_report(report)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(report.to_dict(), handle, indent=1)
+    problems = report.problems(args.allow_leakage, args.allow_unreadable, args.fail_on_near)
+    for problem in problems:
+        print(f"dualfuse data check: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualfuse", description="Trustworthy medical image classification.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_cmd_models)
 
     # `dualfuse data ...` commands are added below by the data layer.
+    data = commands.add_parser("data", help="inspect datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    check = data_commands.add_parser(
+        "check",
+        help="counts, sizes, unreadable files, exact/near duplicates and patient overlap",
+        description="Exit status 1 on leakage across splits (exact duplicates, shared patients) or unreadable "
+        "images unless allowed; near duplicates across splits are reported, and fatal only with --fail-on-near.",
+    )
+    check.add_argument("source", help="image folder, MedMNIST .npz or CSV manifest")
+    check.add_argument("--format", choices=("folder", "npz", "manifest"), help="source format (default: detect)")
+    check.add_argument("--json", metavar="FILE", help="also write the full report as JSON ('-': print JSON only)")
+    check.add_argument("--modalities", type=_names, help="manifest image column(s), comma-separated (default: image)")
+    check.add_argument("--tasks", type=_names, help="manifest label column(s), comma-separated (default: label)")
+    check.add_argument("--near-threshold", type=int, default=4, metavar="N", help="max phash Hamming distance (default 4)")
+    check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    check.add_argument("--allow-leakage", action="store_true", help="exit 0 despite cross-split duplicates/patients")
+    check.add_argument("--allow-unreadable", action="store_true", help="exit 0 despite unreadable images")
+    check.add_argument("--fail-on-near", action="store_true", help="exit 1 on near duplicates across splits")
+    check.set_defaults(handler=_cmd_data_check)
     return parser
 
 

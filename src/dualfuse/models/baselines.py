@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from dualfuse.models.backbone import Pretrained, create_backbone, create_feature_taps, resolve_pretrained
-from dualfuse.models.heads import ClassifierHead
+from dualfuse.models.heads import ClassifierHead, SingleHeadMixin
 from dualfuse.models.inputs import check_image, collect_modalities, modality_names, per_modality, upsample_to_min_size
 from dualfuse.models.registry import register_model
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(SingleHeadMixin, nn.Module):
     """Any timm model, globally pooled, with a Dropout → Linear head (MC dropout samples the head).
 
     Args:
@@ -42,17 +42,9 @@ class TimmClassifier(nn.Module):
         x = upsample_to_min_size(check_image(x, self.in_chans), self.min_input_size)
         return self.backbone(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    forward_deterministic = forward_features
-    forward_stochastic = forward_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(SingleHeadMixin, nn.Module):
     """Two or more CNNs, each globally average-pooled, features concatenated: fusion without attention.
 
     Args:
@@ -104,14 +96,6 @@ class ConcatFusion(nn.Module):
         images = [upsample_to_min_size(x, self.min_input_size) for x in images]
         return torch.cat([trunk(x) for trunk, x in zip(self.trunks, images)], dim=1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    forward_deterministic = forward_features
-    forward_stochastic = forward_head
-
-    def forward(self, inputs) -> torch.Tensor:
-        return self.forward_head(self.forward_features(inputs))
 
 
 class _LastMapPool(nn.Module):

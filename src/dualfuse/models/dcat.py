@@ -25,7 +25,7 @@ from timm.layers import ConvNormAct
 from torch import nn
 
 from dualfuse.models.backbone import Pretrained, create_feature_taps, resolve_pretrained
-from dualfuse.models.heads import ClassifierHead, global_avg_max
+from dualfuse.models.heads import ClassifierHead, SingleHeadMixin, global_avg_max
 from dualfuse.models.inputs import check_image, upsample_to_min_size
 from dualfuse.models.layers import BidirectionalCrossAttention, EnhancedCbam
 from dualfuse.models.registry import register_model
@@ -52,7 +52,7 @@ class DualCrossAttentionFusion(nn.Module):
         return self.refine(self.fuse(torch.cat([eff, res], dim=1)))
 
 
-class DCAT(nn.Module):
+class DCAT(SingleHeadMixin, nn.Module):
     """Dual cross-attention fusion of two CNNs at several scales, with an MC-dropout head.
 
     Args:
@@ -139,15 +139,6 @@ class DCAT(nn.Module):
         maps = [F.adaptive_avg_pool2d(f, size) if f.shape[-2:] != size else f for f in fused]
         return global_avg_max(self.merge_conv(torch.cat(maps, dim=1)))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    # The MC-dropout split: the deterministic prefix runs once, the stochastic rest T times.
-    forward_deterministic = forward_features
-    forward_stochastic = forward_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model

@@ -27,3 +27,22 @@ class ClassifierHead(nn.Sequential):
 def global_avg_max(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) → (B, 2C): average and max pooling side by side."""
     return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
+class SingleHeadMixin:
+    """`forward` = `forward_head(forward_features(x))` for models whose dropout all sits in `self.head`.
+
+    Then the MC-dropout split is exactly the features / head split.
+    """
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward_deterministic(self, inputs) -> torch.Tensor:
+        return self.forward_features(inputs)
+
+    def forward_stochastic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(features)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs))
