@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Real data for the main job and the tests (CI and the development machines keep it beside the repo).
+DUALFUSE_DATA ?= $(abspath $(CURDIR)/../shared/data)
+export DUALFUSE_DATA
 
 $(BIN)/.dualfuse-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +16,10 @@ $(BIN)/.dualfuse-installed: pyproject.toml
 install: $(BIN)/.dualfuse-installed
 
 run: install
-	$(BIN)/dualfuse models --img-size 224
+	$(BIN)/dualfuse train --config configs/quickstart.yaml
 
 test: install
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/model_cost.py --out benchmarks/results/model_cost.json

@@ -58,6 +58,65 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _print_metrics(summary: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dualfuse.evaluation import summarize
+
+    table = Table(title=title)
+    for column in ("task", "split", "metric", "value [95% CI]"):
+        table.add_column(column)
+    for task, splits in summary["tasks"].items():
+        for split, metrics in splits.items():
+            for name, text in summarize(metrics):
+                if name != "ci":
+                    table.add_row(task, split, name, text)
+    console = Console(width=max(Console().width, 100))
+    console.print(table)
+
+
+def _train_argv(argv: list[str]) -> list[str]:
+    """`--resume` without `--config` continues from the run folder's own saved config."""
+    if "--resume" in argv and "--config" not in argv and "--output" in argv:
+        output = argv[argv.index("--output") + 1]
+        return ["--config", f"{output}/config.yaml", *argv]
+    return argv
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dualfuse.config import parse_run_args
+    from dualfuse.training.run import train
+
+    config, resume = parse_run_args(_train_argv(list(args.args)))
+    summary = train(config, resume=resume)
+    if summary is None:
+        return 0
+    _print_metrics(summary, f"{summary['model']}: best checkpoint, {summary['epochs_trained']} epochs, "
+                            f"{summary['train_seconds']:.0f} s")
+    print(f"run folder: {summary['run_dir']} (metrics.json, predictions.csv, model/, checkpoints/)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dualfuse.config import load_run_config
+    from dualfuse.training.run import evaluate
+
+    config = load_run_config(args.config) if args.config else None
+    summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output)
+    _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
+    print(f"wrote {summary['output']}/metrics.json and predictions.csv")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dualfuse.training.run import predict
+
+    frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size)
+    print(f"wrote {len(frame)} predictions to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualfuse", description="Trustworthy medical image classification.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -69,6 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=2, help="classes of the (first) task (default 2)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_cmd_models)
+
+    train = commands.add_parser(
+        "train", add_help=False, help="train a model from a YAML config, then evaluate it with confidence intervals",
+        description="All arguments go to the run config parser: --config FILE, --output DIR, --resume, and dotted "
+        "overrides such as --train.epochs 3 (see `dualfuse train --help`).",
+    )
+    train.add_argument("args", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics with confidence intervals for a trained model")
+    evaluate.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")
+    evaluate.add_argument("--config", help="run config whose data to use (default: the run folder's config.yaml)")
+    evaluate.add_argument("--split", nargs="+", help="splits to evaluate (default: the config's eval.splits)")
+    evaluate.add_argument("--output", help="folder for metrics.json and predictions.csv (default: RUN_DIR/evaluation)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="class probabilities for images, folders, a manifest or an npz")
+    predict.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")
+    predict.add_argument("inputs", nargs="+", help="image/DICOM/NIfTI files, folders, one CSV manifest or one .npz")
+    predict.add_argument("--output", required=True, help="CSV file to write")
+    predict.add_argument("--split", help="for an .npz: the split to predict (default: all)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.set_defaults(handler=_cmd_predict)
 
     # `dualfuse data ...` commands are added below by the data layer.
     data = commands.add_parser("data", help="inspect datasets")
@@ -94,11 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Everything after `train` belongs to the run-config parser (argparse would take `--config`).
+        if any(a in ("-h", "--help") for a in argv[1:]):
+            from dualfuse.config import build_parser as build_run_parser
+
+            build_run_parser().print_help()
+            return 0
+        args = argparse.Namespace(command="train", args=argv[1:], handler=_cmd_train)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"dualfuse {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        message = " ".join(str(error).split())
+        print(f"dualfuse {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,277 @@
+"""Run configuration: YAML files and command-line overrides, parsed and validated by jsonargparse.
+
+One `RunConfig` describes a whole run (model, data, training, evaluation, output folder). The
+same parser reads `--config file.yaml`, dotted overrides such as `--train.epochs 3`, and writes
+the fully resolved config beside every run, so any run can be repeated from its own folder.
+Unknown keys and values of the wrong type fail with one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+SOURCE_FORMATS = ("medmnist", "folder", "manifest")
+DATA_MODES = ("single", "zip")
+
+
+@dataclass
+class SourceConfig:
+    """One dataset on disk.
+
+    `path` may use environment variables (`${DUALFUSE_DATA}/medmnist/breastmnist.npz`). For a MedMNIST
+    source, `download` names the dataset to fetch with the `medmnist` package when `path` is missing.
+    """
+
+    format: str = "medmnist"
+    path: str = ""
+    download: Optional[str] = None
+    modalities: Optional[list[str]] = None  # manifest image columns (default: "image")
+    tasks: Optional[list[str]] = None  # manifest label columns (default: "label")
+    channels: Optional[int] = None  # decode to 1 or 3 channels (default: native)
+    classes: Optional[list[str]] = None  # class names in label order (default: from the source)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from, how they are split, and how they are turned into tensors.
+
+    `mode: single` takes one source (one or more modalities per case, e.g. a manifest of MRI
+    sequences); `mode: zip` zips two or more single-modality sources into DRIFA-Net's multitask
+    tuples, re-paired every epoch (each source's name is its modality, `<name>_label` its task).
+    Sources without a validation (or test) split get one carved out, stratified and grouped by
+    patient, and the split is saved in the run folder.
+    """
+
+    mode: str = "single"
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    img_size: int = 64
+    resize: str = "resize"
+    normalize: Optional[str] = "imagenet"
+    augment: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 2
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_file: Optional[str] = None
+    zip_length: str = "min"
+    max_train_cases: Optional[int] = None
+    max_eval_cases: Optional[int] = None
+    skip_bad: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """A registered model and its constructor arguments.
+
+    `num_classes`, `modalities` and `in_chans` are filled from the data when not given.
+    """
+
+    name: str = "dcat"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and hardware. `devices`, `num_nodes` and `strategy` go straight to Lightning,
+    so a config that trains on a laptop trains on a GPU cluster (e.g. `strategy: ddp`)."""
+
+    epochs: int = 10
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    backbone_lr: Optional[float] = None  # pretrained backbone parameters (default: lr)
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | plateau | none
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+    plateau_factor: float = 0.2
+    plateau_patience: int = 5
+    label_smoothing: float = 0.0
+    task_weights: Optional[dict[str, float]] = None
+    grad_clip: Optional[float] = 1.0
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+    early_stopping_patience: Optional[int] = None
+    precision: str = "auto"  # auto: bf16/16-mixed on a GPU that has it, else 32-true
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    deterministic: bool = True
+    limit_train_batches: Union[int, float] = 1.0
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Final evaluation of the best checkpoint on each split, with bootstrap confidence intervals."""
+
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: Optional[str] = None
+
+
+class ConfigError(ValueError):
+    """A config problem, in one line naming the key."""
+
+
+def build_parser(prog: str = "dualfuse train") -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog, exit_on_error=False, allow_abbrev=False, description="Train, then evaluate on val and test."
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML run config (see configs/)")
+    for name, kind in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+        parser.add_argument(f"--{name}", type=kind, default=kind())
+    parser.add_argument("--output", type=Optional[str], default=None, help="run folder (default: runs/<model>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    return parser
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _drop_kwargs_of_other_model(base: dict, overlay: dict) -> dict:
+    """A file that switches to another model brings that model's own constructor arguments."""
+    new_name = (overlay.get("model") or {}).get("name")
+    if new_name and new_name != (base.get("model") or {}).get("name"):
+        return {**base, "model": {"name": new_name, "kwargs": {}}}
+    return base
+
+
+def merge_config_files(argv: list[str]) -> list[str]:
+    """Fold every `--config FILE` into one, merging nested mappings key by key.
+
+    So an ablation file can hold only what it changes (`model: {kwargs: {refine: none}}`) and be
+    stacked on a full config: `--config configs/dcat/paper.yaml --config configs/ablations/dcat_no_cbam.yaml`.
+    A file that names a different model replaces the model's arguments instead of merging them.
+    """
+    merged: dict | None = None
+    rest: list[str] = []
+    position = 0
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" or arg.startswith("--config="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in arg else 2
+            path = Path(value)
+            if not path.is_file():
+                raise ConfigError(f"config: file not found: {value}")
+            try:
+                content = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"config: {path}: not valid YAML ({_one_line(error)})") from None
+            if not isinstance(content, dict):
+                raise ConfigError(f"config: {path}: expected a mapping of sections, got {type(content).__name__}")
+            if merged is None:
+                position = len(rest)
+            merged = _deep_merge(_drop_kwargs_of_other_model(merged or {}, content), content)
+            continue
+        rest.append(arg)
+        i += 1
+    if merged is None:
+        return rest
+    return [*rest[:position], "--config", yaml.safe_dump(merged), *rest[position:]]
+
+
+def parse_run_args(argv: list[str]) -> tuple[RunConfig, bool]:
+    """Parse `dualfuse train` arguments into a validated `RunConfig` and the `--resume` flag."""
+    parser = build_parser()
+    argv = merge_config_files(list(argv))
+    try:
+        namespace = parser.instantiate(parser.parse_args(argv))
+    except Exception as error:  # jsonargparse raises ArgumentError / ValueError / TypeError variants
+        raise ConfigError(f"config: {_one_line(error)}") from None
+    config = RunConfig(
+        model=namespace.model, data=namespace.data, train=namespace.train, eval=namespace.eval, output=namespace.output
+    )
+    validate(config)
+    return config, bool(namespace.resume)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a saved (resolved) config, e.g. `RUN_DIR/config.yaml`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    config, _ = parse_run_args(["--config", str(path)])
+    return config
+
+
+def dump_run_config(config: RunConfig) -> str:
+    """The resolved config as YAML that `--config` reads back."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def _choice(value: object, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config: {key} must be one of {list(choices)}, got {value!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Checks jsonargparse's types cannot express, each failing with one line naming the key."""
+    data, train = config.data, config.train
+    _choice(data.mode, DATA_MODES, "data.mode")
+    if not data.sources:
+        raise ConfigError("config: data.sources is empty; name at least one dataset")
+    if data.mode == "single" and len(data.sources) != 1:
+        raise ConfigError(f"config: data.mode single takes one source, got {list(data.sources)} (use mode: zip)")
+    if data.mode == "zip" and len(data.sources) < 2:
+        raise ConfigError("config: data.mode zip needs two or more sources")
+    for name, source in data.sources.items():
+        _choice(source.format, SOURCE_FORMATS, f"data.sources.{name}.format")
+        if not source.path and not source.download:
+            raise ConfigError(f"config: data.sources.{name}.path is empty")
+    if data.img_size < 8:
+        raise ConfigError(f"config: data.img_size must be at least 8, got {data.img_size}")
+    if data.batch_size < 1:
+        raise ConfigError(f"config: data.batch_size must be positive, got {data.batch_size}")
+    _choice(train.optimizer, ("adamw", "adam"), "train.optimizer")
+    _choice(train.scheduler, ("cosine", "plateau", "none"), "train.scheduler")
+    _choice(train.monitor_mode, ("min", "max"), "train.monitor_mode")
+    if train.epochs < 1:
+        raise ConfigError(f"config: train.epochs must be at least 1, got {train.epochs}")
+    if train.lr <= 0:
+        raise ConfigError(f"config: train.lr must be positive, got {train.lr}")
+    if not 0 < config.eval.confidence < 1:
+        raise ConfigError(f"config: eval.confidence must be in (0, 1), got {config.eval.confidence}")
+
+
+_ENV_PATTERN = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def expand_path(path: str, key: str) -> Path:
+    """Expand `${VAR}` in a config path; an unset variable is an error naming it, not a silent ''."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ConfigError(f"config: {key} uses ${{{name}}}, which is not set (e.g. export {name}=../shared/data)")
+        return os.environ[name]
+
+    return Path(_ENV_PATTERN.sub(replace, path)).expanduser()

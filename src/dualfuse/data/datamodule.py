@@ -1,0 +1,234 @@
+"""A LightningDataModule over the data layer: sources → splits → transforms → loaders.
+
+It turns a `DataConfig` into train/val/test datasets the same way every time: splits come from
+the source when it has them, are carved out (stratified, grouped by patient) when it does not,
+and are saved so that a run can be repeated or resumed on exactly the same cases.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+from sklearn.model_selection import train_test_split
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dualfuse.config import DataConfig, SourceConfig, expand_path
+from dualfuse.data.base import CaseDataset
+from dualfuse.data.multimodal import ZipDataset
+from dualfuse.data.sources import FileReader, ImageFolderDataset, ManifestDataset, MedMNISTDataset
+from dualfuse.data.splits import apply_split, load_split, make_split, save_split
+from dualfuse.data.transforms import AugmentConfig, build_transforms
+
+SPLITS = ("train", "val", "test")
+
+
+def open_source(name: str, source: SourceConfig) -> CaseDataset:
+    """Read one configured source (all splits); a missing path fails with one line naming the key."""
+    key = f"data.sources.{name}.path"
+    path = expand_path(source.path, key) if source.path else None
+    if path is None or not path.exists():
+        if source.format == "medmnist" and source.download:
+            return MedMNISTDataset(source.download, channels=source.channels, classes=source.classes)
+        raise FileNotFoundError(f"{key}: {path} not found")
+    if source.format == "medmnist":
+        return MedMNISTDataset(path, channels=source.channels, classes=source.classes)
+    if source.format == "folder":
+        return ImageFolderDataset(path, channels=source.channels, classes=source.classes)
+    tasks = source.tasks or ["label"]
+    return ManifestDataset(
+        path, modalities=source.modalities or ["image"], tasks=tasks,
+        classes={tasks[0]: source.classes} if source.classes and len(tasks) == 1 else None,
+        reader=FileReader(channels=source.channels),
+    )
+
+
+def assign_splits(dataset: CaseDataset, config: DataConfig, seed: int) -> dict[str, str]:
+    """`{case_id: split}`: the source's own splits, with missing val/test carved out of train."""
+    if config.split_file:
+        return load_split(expand_path(config.split_file, "data.split_file"))
+    assigned = {r.case_id: (r.split or "train") for r in dataset.records}
+    present = set(assigned.values())
+    unknown = present - set(SPLITS)
+    if unknown:
+        raise ValueError(f"data: unknown split names {sorted(unknown)} in the source (expected {list(SPLITS)})")
+    carve_test = config.test_fraction if "test" not in present else 0.0
+    carve_val = config.val_fraction if "val" not in present else 0.0
+    if carve_test or carve_val:
+        pool = dataset.with_records([r for r in dataset.records if assigned[r.case_id] == "train"])
+        # make_split's fractions are of the pool it gets; ours are of the whole source.
+        scale = len(dataset) / max(len(pool), 1)
+        carved = make_split(pool, val_fraction=min(carve_val * scale, 0.5), test_fraction=min(carve_test * scale, 0.5),
+                            seed=seed)
+        assigned.update(carved)
+    return assigned
+
+
+def _subsample(dataset: CaseDataset, limit: int | None, seed: int) -> CaseDataset:
+    """A stratified random subset of at most `limit` cases (CPU-sized runs of large sets)."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    labels = dataset.labels(dataset.tasks[0]) if dataset.tasks else None
+    counts = np.bincount(labels) if labels is not None else None
+    stratify = labels if counts is not None and counts[counts > 0].min() >= 2 else None
+    keep, _ = train_test_split(np.arange(len(dataset)), train_size=limit, random_state=seed, stratify=stratify)
+    return dataset.subset(np.sort(keep))
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffle with a generator seeded by `(seed, epoch)` and tag each index with its epoch.
+
+    Indices come out as `index + epoch * len`, so `EpochSeededDataset` can seed each sample's
+    augmentation from `(seed, epoch, index)`. Order and augmentation of an epoch are then pure
+    functions of the seed, whatever ran before: a resumed run sees exactly the batches of an
+    uninterrupted one. Lightning calls `set_epoch` before every epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        yield from (order + self.epoch * self.size).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class EpochSeededDataset(Dataset):
+    """Wraps a dataset so that sample `index` of epoch `epoch` is drawn with its own fixed seed."""
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, tagged_index: int) -> dict:
+        epoch, index = divmod(int(tagged_index), len(self.dataset))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63)
+            return self.dataset[index]
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Train/val/test loaders for one `DataConfig`.
+
+    Args:
+        config: the data section of a run config.
+        in_chans: channels each modality is adapted to (the model's `in_chans`): one int or
+            `{modality: channels}`.
+        seed: for carved splits, subsampling and zip re-pairing.
+        split_path: where the split used is saved (`RUN_DIR/split.csv`); with `--resume` it is
+            read back instead of recomputed.
+    """
+
+    def __init__(self, config: DataConfig, in_chans: int | Mapping[str, int] = 3, seed: int = 0,
+                 split_path: str | Path | None = None):
+        super().__init__()
+        self.config = config
+        self.in_chans = in_chans
+        self.seed = seed
+        self.split_path = Path(split_path) if split_path else None
+        self.datasets: dict[str, object] = {}
+        self.sources = {name: open_source(name, source) for name, source in config.sources.items()}
+
+    # --- what the model needs to know -------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        if self.config.mode == "zip":
+            return list(self.sources)
+        return list(next(iter(self.sources.values())).modalities)
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        if self.config.mode == "zip":
+            return {f"{name}_label": next(iter(ds.classes.values())) for name, ds in self.sources.items()}
+        return dict(next(iter(self.sources.values())).classes)
+
+    def _channels(self, modality: str) -> int:
+        return self.in_chans if isinstance(self.in_chans, int) else int(self.in_chans[modality])
+
+    def _transforms(self, modalities: list[str], train: bool, channels_of: list[str]):
+        augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.config.augment.items()})
+        overrides = {m: {"in_chans": self._channels(c)} for m, c in zip(modalities, channels_of)}
+        return build_transforms(
+            modalities, train=train, overrides=overrides, img_size=self.config.img_size,
+            resize=self.config.resize, normalize=self.config.normalize, augment=augment,
+        )
+
+    # --- splits -----------------------------------------------------------------------------------
+    def _split_source(self, name: str, dataset: CaseDataset) -> dict[str, CaseDataset]:
+        split_file = self.split_path.with_name(f"{self.split_path.stem}-{name}.csv") \
+            if self.split_path and self.config.mode == "zip" else self.split_path
+        if split_file is not None and split_file.is_file():
+            assigned = load_split(split_file)
+        else:
+            assigned = assign_splits(dataset, self.config, self.seed)
+            if split_file is not None:
+                save_split(assigned, split_file)
+        dataset = apply_split(dataset, assigned, source=split_file or "data split")
+        parts = {split: dataset.split(split) for split in SPLITS}
+        parts["train"] = _subsample(parts["train"], self.config.max_train_cases, self.seed)
+        for split in ("val", "test"):
+            parts[split] = _subsample(parts[split], self.config.max_eval_cases, self.seed)
+        return parts
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if self.config.mode == "zip":
+            per_source = {name: self._split_source(name, ds) for name, ds in self.sources.items()}
+            for split in SPLITS:
+                members = {}
+                for name, parts in per_source.items():
+                    part = parts[split]
+                    part.transform = self._transforms(list(part.modalities), split == "train", [name])
+                    members[name] = part
+                length = self.config.zip_length if split == "train" else "max"
+                self.datasets[split] = ZipDataset(members, length=length, seed=self.seed)
+            return
+        (name, dataset), = self.sources.items()
+        for split, part in self._split_source(name, dataset).items():
+            part.transform = self._transforms(list(part.modalities), split == "train", list(part.modalities))
+            self.datasets[split] = part
+        if len(self.datasets["train"]) == 0:
+            raise ValueError(f"data.sources.{name}: no training cases after splitting")
+
+    # --- loaders ----------------------------------------------------------------------------------
+    def _loader(self, split: str) -> DataLoader:
+        batch_size = self.config.eval_batch_size or self.config.batch_size
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        if isinstance(dataset, ZipDataset) and self.trainer is not None:
+            dataset.set_epoch(self.trainer.current_epoch)  # re-pair the zipped datasets every epoch
+        batch_size = self.config.batch_size
+        return DataLoader(
+            EpochSeededDataset(dataset, self.seed), batch_size=batch_size,
+            sampler=EpochSeededSampler(len(dataset), self.seed), num_workers=self.config.num_workers,
+            drop_last=len(dataset) > batch_size, persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"unknown split {split!r}; have {list(self.datasets)}")
+        return self._loader(split)

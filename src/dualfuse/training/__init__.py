@@ -1,0 +1,1 @@
+"""Training: the Lightning task, checkpoints and the train/evaluate/predict API."""

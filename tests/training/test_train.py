@@ -1,0 +1,209 @@
+"""The main job end to end on real data: train, evaluate, predict, resume, DDP, and clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dualfuse.cli import main
+from dualfuse.config import parse_run_args
+from dualfuse.evaluation.metrics import METRICS
+from dualfuse.training import run as run_module
+from dualfuse.training.run import evaluate, predict, train
+from dualfuse.training.task import ClassificationTask
+
+BREAST_CLASSES = ["malignant", "normal_or_benign"]
+
+
+def breast_args(data_root: Path, output: Path, *extra: str) -> list[str]:
+    sources = {"breast": {"format": "medmnist", "path": str(data_root / "medmnist" / "breastmnist.npz"),
+                          "classes": BREAST_CLASSES}}
+    return [
+        "--model.name", "dcat", "--model.kwargs", json.dumps({"in_chans": 1, "embed_dim": 64, "num_heads": 4}),
+        "--data.sources", json.dumps(sources), "--data.img_size", "32", "--data.normalize", "zscore",
+        "--data.batch_size", "32", "--data.num_workers", "0",
+        "--train.epochs", "4", "--train.lr", "2e-3", "--train.monitor", "val/auc", "--train.monitor_mode", "max",
+        "--train.progress_bar", "false", "--eval.n_bootstrap", "200", "--output", str(output), *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def breast_run(data_root, tmp_path_factory):
+    output = tmp_path_factory.mktemp("breast") / "run"
+    config, _ = parse_run_args(breast_args(data_root, output))
+    summary = train(config)
+    return output, summary
+
+
+def test_short_breastmnist_run_beats_chance_on_val(breast_run):
+    _, summary = breast_run
+    auc = summary["tasks"]["label"]["val"]["roc_auc"]
+    assert auc["value"] > 0.7 and auc["ci_low"] > 0.5, auc
+
+
+def test_run_folder_has_documented_files_and_schema(breast_run):
+    output, summary = breast_run
+    for name in ("config.yaml", "split.csv", "metrics.json", "predictions.csv", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "model/model.safetensors", "model/model.json", "logs/csv/metrics.csv"):
+        assert (output / name).is_file(), name
+    assert list((output / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(summary))
+    for split in ("val", "test"):
+        per_split = metrics["tasks"]["label"][split]
+        for name in METRICS:
+            assert set(per_split[name]) >= {"value", "ci_low", "ci_high"}
+            assert per_split[name]["ci_low"] <= per_split[name]["value"] <= per_split[name]["ci_high"]
+        assert per_split["n"] == {"val": 78, "test": 156}[split]
+    frame = pd.read_csv(output / "predictions.csv")
+    assert list(frame.columns) == ["case_id", "patient_id", "split", "label_true", "label_pred",
+                                   "label_prob_malignant", "label_prob_normal_or_benign"]
+    assert frame["split"].value_counts().to_dict() == {"test": 156, "val": 78}
+    # Checkpoints are loadable without arbitrary pickle code.
+    checkpoint = torch.load(output / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["spec"]["model"]["name"] == "dcat"
+
+
+def test_evaluate_and_predict_agree_with_training(breast_run, data_root, tmp_path):
+    output, summary = breast_run
+    evaluated = evaluate(output, output=tmp_path / "eval")
+    assert evaluated["tasks"]["label"]["test"]["roc_auc"] == summary["tasks"]["label"]["test"]["roc_auc"]
+    trained = pd.read_csv(output / "predictions.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "eval" / "predictions.csv"), trained, check_exact=False,
+                                  atol=1e-6, rtol=0)
+
+    frame = predict(output, [str(data_root / "medmnist" / "breastmnist.npz")], tmp_path / "pred.csv", split="test")
+    assert list(frame.columns) == ["case_id", "patient_id", "label_pred", "label_prob_malignant",
+                                   "label_prob_normal_or_benign"]
+    test_rows = trained[trained["split"] == "test"]
+    merged = frame.merge(test_rows, on="case_id", suffixes=("", "_train"))
+    assert len(merged) == 156
+    for column in ("label_prob_malignant", "label_prob_normal_or_benign"):
+        assert (merged[column] - merged[f"{column}_train"]).abs().max() < 1e-5
+    assert (merged["label_pred"] == merged["label_pred_train"]).all()
+
+
+def test_cli_evaluate_and_predict(breast_run, data_root, tmp_path, capsys):
+    output, _ = breast_run
+    assert main(["evaluate", str(output / "model"), "--split", "test", "--output", str(tmp_path / "e")]) == 0
+    assert "roc_auc" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "e" / "metrics.json").read_text())["tasks"]["label"]) == {"test"}
+    npz = str(data_root / "medmnist" / "breastmnist.npz")
+    assert main(["predict", str(output / "checkpoints" / "best.ckpt"), npz, "--split", "val",
+                 "--output", str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 78
+
+
+def _small_args(data_root: Path, output: Path, *extra: str) -> list[str]:
+    return breast_args(data_root, output, "--model.name", "timm_classifier",
+                       "--model.kwargs", json.dumps({"backbone": "resnet18", "in_chans": 1}),
+                       "--data.max_train_cases", "96", "--train.epochs", "3", "--train.warmup_epochs", "1",
+                       "--eval.n_bootstrap", "50", *extra)
+
+
+def test_resume_after_interruption_reproduces_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    uninterrupted, _ = parse_run_args(_small_args(data_root, tmp_path / "a"))
+    expected = train(uninterrupted)
+
+    original = ClassificationTask.on_train_epoch_start
+
+    def crash_in_second_epoch(self):
+        if self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        original(self)
+
+    config, _ = parse_run_args(_small_args(data_root, tmp_path / "b"))
+    monkeypatch.setattr(ClassificationTask, "on_train_epoch_start", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config)
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    monkeypatch.setattr(ClassificationTask, "on_train_epoch_start", original)
+
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        train(config)
+    resumed = train(config, resume=True)
+    assert resumed["tasks"] == expected["tasks"]
+    assert resumed["epochs_trained"] == expected["epochs_trained"] == 3
+
+
+def test_zip_mode_drifa_net_trains_one_head_per_dataset(data_root, tmp_path):
+    sources = {
+        "mri": {"format": "folder", "path": str(data_root / "brain-tumor-mri")},
+        "xray": {"format": "medmnist", "path": str(data_root / "medmnist" / "pneumoniamnist.npz")},
+    }
+    config, _ = parse_run_args([
+        "--model.name", "drifa_net", "--data.mode", "zip", "--data.sources", json.dumps(sources),
+        "--data.img_size", "32", "--data.max_train_cases", "64", "--data.max_eval_cases", "48",
+        "--data.num_workers", "0", "--data.batch_size", "16", "--train.epochs", "1",
+        "--train.progress_bar", "false", "--eval.n_bootstrap", "20", "--output", str(tmp_path / "zip"),
+    ])
+    summary = train(config)
+    assert set(summary["tasks"]) == {"mri_label", "xray_label"}
+    # Each head is judged on its own dataset's cases, once each.
+    assert summary["tasks"]["mri_label"]["test"]["n"] == 48
+    assert summary["tasks"]["xray_label"]["test"]["n"] == 48
+    assert len(summary["tasks"]["mri_label"]["test"]["confusion_matrix"]) == 4
+
+
+def test_ddp_two_cpu_processes(data_root, tmp_path):
+    args = _small_args(data_root, tmp_path / "ddp", "--train.epochs", "1", "--train.accelerator", "cpu",
+                       "--train.devices", "2", "--train.strategy", "ddp", "--train.deterministic", "false")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "dualfuse.cli", "train", *args], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["tasks"]["label"]["test"]["n"] == 156
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_malformed_config_key_fails_with_one_line(data_root, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  epoch: 3\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "'train' does not accept option 'epoch'" in _one_line_error(capsys)
+    assert main(["train", *breast_args(data_root, tmp_path / "x"), "--train.lr", "fast"]) == 2
+    assert 'train.lr' in _one_line_error(capsys)
+
+
+def test_missing_data_path_fails_with_one_line(tmp_path, capsys):
+    sources = json.dumps({"xray": {"format": "medmnist", "path": str(tmp_path / "nope.npz")}})
+    assert main(["train", "--data.sources", sources, "--output", str(tmp_path / "run")]) == 2
+    assert f"data.sources.xray.path: {tmp_path / 'nope.npz'} not found" in _one_line_error(capsys)
+    sources = json.dumps({"xray": {"format": "medmnist", "path": "${DUALFUSE_UNSET_VARIABLE}/x.npz"}})
+    assert main(["train", "--data.sources", sources]) == 2
+    assert "${DUALFUSE_UNSET_VARIABLE}, which is not set" in _one_line_error(capsys)
+
+
+def test_checkpoint_for_a_different_model_fails_with_one_line(breast_run, data_root, tmp_path, capsys):
+    output, _ = breast_run
+    other = tmp_path / "other.yaml"
+    other.write_text((output / "config.yaml").read_text().replace("name: dcat", "name: drifa_net"))
+    assert main(["evaluate", str(output / "checkpoints" / "best.ckpt"), "--config", str(other)]) == 2
+    assert "is a checkpoint for model 'dcat', expected 'drifa_net'" in _one_line_error(capsys)
+
+
+def test_pickle_payload_checkpoint_does_not_execute(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"spec": Payload()}}, evil)
+    assert main(["evaluate", str(evil)]) == 2
+    assert "refused to load" in _one_line_error(capsys)
+    assert not marker.exists()
