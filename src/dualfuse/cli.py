@@ -98,13 +98,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_uncertainty(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"uncertainty: {summary['mc_samples']} MC samples x {summary['ensemble_size']} model(s)")
+    for column in ("task", "split", "ECE", "ECE (T)", "ECE MC (T)", "NLL MC (T)", "AURC", "referred",
+                   "acc. kept", "conformal cov./size"):
+        table.add_column(column, justify="left" if column in ("task", "split") else "right")
+    for task, report in summary["uncertainty"].items():
+        for split, calibration in report["calibration"].items():
+            referral = report["referral"][split]
+            conformal = report.get("conformal", {}).get("lac") if split == "test" else None
+            kept = referral["accuracy_of_accepted"]
+            table.add_row(
+                task, split, f"{calibration['deterministic']['ece']:.3f}",
+                f"{calibration['deterministic_temperature']['ece']:.3f}", f"{calibration['mc_temperature']['ece']:.3f}",
+                f"{calibration['mc_temperature']['nll']:.3f}", f"{report['selective'][split]['aurc']:.3f}",
+                f"{1 - referral['coverage']:.1%}", "-" if kept is None else f"{kept:.3f}",
+                f"{conformal['coverage']:.3f} / {conformal['mean_set_size']:.2f}" if conformal else "",
+            )
+        if "ood" in report:
+            table.caption = "OOD AUROC vs " + summary.get("ood_source", "other data") + ": " + ", ".join(
+                f"{k} {v['auroc']:.3f}" for k, v in report["ood"].items() if isinstance(v, dict) and "auroc" in v)
+    Console(width=max(Console().width, 120)).print(table)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dualfuse.config import load_run_config
     from dualfuse.training.run import evaluate
 
     config = load_run_config(args.config) if args.config else None
-    summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output)
+    summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
+                       mc_samples=args.mc_samples, ensemble=args.ensemble, target_accuracy=args.target_accuracy,
+                       target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood)
     _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
+    if args.mc_samples:
+        _print_uncertainty(summary)
     print(f"wrote {summary['output']}/metrics.json and predictions.csv")
     return 0
 
@@ -112,7 +142,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from dualfuse.training.run import predict
 
-    frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size)
+    frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size,
+                    mc_samples=args.mc_samples)
     print(f"wrote {len(frame)} predictions to {args.output}")
     return 0
 
@@ -142,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="run config whose data to use (default: the run folder's config.yaml)")
     evaluate.add_argument("--split", nargs="+", help="splits to evaluate (default: the config's eval.splits)")
     evaluate.add_argument("--output", help="folder for metrics.json and predictions.csv (default: RUN_DIR/evaluation)")
+    evaluate.add_argument("--mc-samples", type=int, default=0, metavar="T",
+                          help="MC-dropout samples per case; adds calibration, referral, conformal sets, OOD")
+    evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
+                          help="more checkpoints of the same model: K models x T samples (deep ensemble)")
+    target = evaluate.add_mutually_exclusive_group()
+    target.add_argument("--target-accuracy", type=float, help="choose the referral threshold for this accuracy")
+    target.add_argument("--target-coverage", type=float, help="... or for this coverage (default 0.9)")
+    evaluate.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
+    evaluate.add_argument("--ood", metavar="DATA", help="another dataset (.npz or folder) to test OOD detection on")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for images, folders, a manifest or an npz")
@@ -149,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image/DICOM/NIfTI files, folders, one CSV manifest or one .npz")
     predict.add_argument("--output", required=True, help="CSV file to write")
     predict.add_argument("--split", help="for an .npz: the split to predict (default: all)")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="default: the calibration's batch size (reproduces evaluate's MC samples), else 64")
+    predict.add_argument("--mc-samples", type=int, default=None, metavar="T",
+                         help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 0)")
     predict.set_defaults(handler=_cmd_predict)
 
     # `dualfuse data ...` commands are added below by the data layer.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,8 +184,9 @@ def test_missing_data_path_fails_with_one_line(tmp_path, capsys):
     assert main(["train", "--data.sources", sources, "--output", str(tmp_path / "run")]) == 2
     assert f"data.sources.xray.path: {tmp_path / 'nope.npz'} not found" in _one_line_error(capsys)
     sources = json.dumps({"xray": {"format": "medmnist", "path": "${DUALFUSE_UNSET_VARIABLE}/x.npz"}})
-    assert main(["train", "--data.sources", sources]) == 2
+    assert main(["train", "--data.sources", sources, "--output", str(tmp_path / "run")]) == 2
     assert "${DUALFUSE_UNSET_VARIABLE}, which is not set" in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()  # a failed start leaves no half-made run folder
 
 
 def test_checkpoint_for_a_different_model_fails_with_one_line(breast_run, data_root, tmp_path, capsys):
@@ -207,3 +209,90 @@ def test_pickle_payload_checkpoint_does_not_execute(tmp_path, capsys):
     assert main(["evaluate", str(evil)]) == 2
     assert "refused to load" in _one_line_error(capsys)
     assert not marker.exists()
+
+
+def copy_run(run_dir: Path, target: Path) -> Path:
+    """Calibration writes beside the model: give each test its own copy of the trained run."""
+    shutil.copytree(run_dir, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def calibrated(breast_run, data_root, tmp_path_factory):
+    output = copy_run(breast_run[0], tmp_path_factory.mktemp("calibrated") / "run")
+    out_dir = output.parent / "evaluation"
+    summary = evaluate(output, output=out_dir, mc_samples=10, alpha=0.1,
+                       ood=str(data_root / "medmnist" / "pneumoniamnist.npz"))
+    return output, out_dir, summary
+
+
+def test_temperature_scaling_lowers_validation_nll(calibrated):
+    _, _, summary = calibrated
+    val = summary["uncertainty"]["label"]["calibration"]["val"]
+    assert val["deterministic_temperature"]["nll"] < val["deterministic"]["nll"]
+    assert summary["uncertainty"]["label"]["temperature"] > 0
+    for variant in ("deterministic", "deterministic_temperature", "mc", "mc_temperature"):
+        assert set(val[variant]) >= {"ece", "ace", "nll", "brier", "reliability"}
+
+
+def test_conformal_coverage_on_real_data_is_near_target(calibrated):
+    _, _, summary = calibrated
+    for score in ("lac", "aps"):
+        report = summary["uncertainty"]["label"]["conformal"][score]
+        assert report["n_cal"] == 78 and report["n_test"] == 156  # calibrated on val, checked on test
+        assert abs(report["coverage"] - 0.9) <= 0.06, report
+
+
+def test_referral_threshold_meets_its_target_on_validation(calibrated, tmp_path):
+    output, _, summary = calibrated
+    referral = summary["uncertainty"]["label"]["referral"]
+    assert referral["target_coverage"] == 0.9 and referral["val"]["coverage"] >= 0.9
+    stored = json.loads((output / "model" / "uncertainty.json").read_text())
+    assert stored["tasks"]["label"]["referral"]["threshold"] == referral["threshold"]
+
+    strict = evaluate(copy_run(output, tmp_path / "run"), output=tmp_path / "strict", mc_samples=10,
+                      target_accuracy=0.9)
+    by_accuracy = strict["uncertainty"]["label"]["referral"]
+    if by_accuracy["reachable"]:
+        assert by_accuracy["val"]["accuracy_of_accepted"] >= 0.9
+    else:
+        assert by_accuracy["val"]["coverage"] == 0.0
+
+
+def test_selective_and_ood_sections(calibrated):
+    _, _, summary = calibrated
+    report = summary["uncertainty"]["label"]
+    for split in ("val", "test"):
+        selective = report["selective"][split]
+        assert 0 <= selective["aurc"] <= 1 and set(selective["accuracy_at_coverage"]) == {"0.8", "0.9", "0.95"}
+        assert set(report["measures"][split]) == {"predictive_entropy", "mutual_information", "expected_entropy"}
+    assert {"predictive_entropy", "mutual_information"} <= set(report["ood"])
+    assert 0 <= report["ood"]["mutual_information"]["auroc"] <= 1
+    assert summary["mc_samples"] == 10 and summary["ensemble_size"] == 1
+
+
+def test_predict_applies_calibration_and_writes_refer_column(calibrated, data_root, tmp_path):
+    output, out_dir, summary = calibrated
+    frame = predict(output, [str(data_root / "medmnist" / "breastmnist.npz")], tmp_path / "p.csv", split="test")
+    for column in ("label_entropy", "label_normalized_entropy", "label_expected_entropy", "label_mutual_information",
+                   "label_variation_ratio", "label_std_malignant", "label_refer", "label_set"):
+        assert column in frame.columns, column
+    evaluated = pd.read_csv(out_dir / "predictions.csv")
+    test_rows = evaluated[evaluated["split"] == "test"]
+    merged = frame.merge(test_rows, on="case_id", suffixes=("", "_eval"))
+    assert len(merged) == 156
+    assert (merged["label_refer"] == merged["label_refer_eval"]).all()
+    # evaluate reports uncalibrated MC means, predict applies the stored temperature: same ranking.
+    assert (merged["label_pred"] == merged["label_pred_eval"]).all()
+    threshold = summary["uncertainty"]["label"]["referral"]["threshold"]
+    confidence = frame[["label_prob_malignant", "label_prob_normal_or_benign"]].max(axis=1)
+    assert (frame["label_refer"] == (confidence < threshold)).all()
+
+
+def test_ensemble_averages_all_members(breast_run, tmp_path):
+    output = copy_run(breast_run[0], tmp_path / "run")
+    summary = evaluate(output, output=tmp_path / "ens", splits=["test"], mc_samples=4,
+                       ensemble=[str(output / "checkpoints" / "last.ckpt")])
+    assert summary["ensemble_size"] == 2
+    stored = json.loads((output / "model" / "uncertainty.json").read_text())
+    assert stored["ensemble"] == [str((output / "checkpoints" / "last.ckpt").resolve())]

@@ -1,10 +1,12 @@
-"""Per-case predictions of a trained model: probabilities per task, as arrays and as a table.
+"""Per-case predictions of a trained model: logits (and MC samples) per task, as arrays and a table.
 
 Plain PyTorch inference (no Trainer), so `evaluate`, `predict` and the end of `train` share one
-code path and give identical numbers for the same case.
+code path and give identical numbers for the same case. With `mc_samples > 0` every case also
+gets T MC-dropout samples per model (K·T for an ensemble), drawn with the exact fast path.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,26 +15,60 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dualfuse.uncertainty.ensemble import ensemble_mc_logits
+from dualfuse.uncertainty.measures import uncertainty_measures
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
 
 @dataclass
 class Predictions:
-    """Softmax probabilities `(N, C)` per task, with case and patient ids and labels where known."""
+    """Logits `(N, C)` per task (the first model, eval mode), optional MC samples `(S, N, C)`, labels
+    where known, and an optional temperature per task applied before every softmax."""
 
     case_ids: list[str]
     patient_ids: list[str]
-    probs: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    sample_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    temperature: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.logits)
+
+    def deterministic_probs(self, task: str) -> np.ndarray:
+        return _softmax(self.logits[task], self.temperature.get(task, 1.0))
+
+    def sample_probs(self, task: str) -> np.ndarray:
+        return _softmax(self.sample_logits[task], self.temperature.get(task, 1.0))
+
+    def probs(self, task: str) -> np.ndarray:
+        """The reported probabilities: the mean over MC samples if there are any, else the eval-mode softmax."""
+        if task in self.sample_logits:
+            return self.sample_probs(task).mean(axis=0)
+        return self.deterministic_probs(task)
 
     def for_task(self, task: str, modality: str | None = None) -> "Predictions":
         """One task's cases. In zip mode a case id joins one image per modality
         (`mri:a.jpg|xray:train_3`); each task is judged on its own modality's images, once each."""
-        if modality is None:
-            return Predictions(self.case_ids, self.patient_ids, {task: self.probs[task]},
-                               {task: self.labels[task]} if task in self.labels else {})
-        ids = [_component(case_id, modality) for case_id in self.case_ids]
-        first = sorted({cid: i for i, cid in reversed(list(enumerate(ids)))}.values())
-        return Predictions([ids[i] for i in first], [ids[i] for i in first], {task: self.probs[task][first]},
-                           {task: self.labels[task][first]} if task in self.labels else {})
+        rows = np.arange(len(self.case_ids))
+        ids, patients = self.case_ids, self.patient_ids
+        if modality is not None:
+            components = [_component(case_id, modality) for case_id in self.case_ids]
+            rows = np.array(sorted({cid: i for i, cid in reversed(list(enumerate(components)))}.values()), dtype=int)
+            ids = patients = components
+        return Predictions(
+            [ids[i] for i in rows], [patients[i] for i in rows], {task: self.logits[task][rows]},
+            {task: self.labels[task][rows]} if task in self.labels else {},
+            {task: self.sample_logits[task][:, rows]} if task in self.sample_logits else {},
+            {task: self.temperature[task]} if task in self.temperature else {},
+        )
 
 
 def _component(case_id: str, modality: str) -> str:
@@ -48,22 +84,34 @@ def _model_inputs(batch: dict, modalities: list[str], multi_input: bool, device:
     return batch[modalities[0]].to(device)
 
 
+def _as_task_dict(outputs, tasks: list[str]) -> dict[str, torch.Tensor]:
+    return {tasks[0]: outputs} if isinstance(outputs, torch.Tensor) else outputs
+
+
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, spec: dict, device: str | torch.device = "cpu") -> Predictions:
-    """Run `model` in eval mode over `loader` and collect softmax probabilities per task."""
+def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, spec: dict,
+                   device: str | torch.device = "cpu", mc_samples: int = 0, seed: int = 0) -> Predictions:
+    """Run the model(s) over `loader`: eval-mode logits of the first model, and with `mc_samples > 0`
+    T MC-dropout samples from every model (K·T in all; the MC seeds of batch i derive from `seed + i`)."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    models = [model.to(device).eval() for model in models]
     tasks, modalities = list(spec["tasks"]), list(spec["modalities"])
-    multi_input = bool(getattr(model, "modalities", None))
+    multi_input = bool(getattr(models[0], "modalities", None))
     case_ids, patient_ids = [], []
-    probs: dict[str, list] = {t: [] for t in tasks}
+    logits: dict[str, list] = {t: [] for t in tasks}
+    samples: dict[str, list] = {t: [] for t in tasks}
     labels: dict[str, list] = {t: [] for t in tasks}
-    for batch in loader:
-        outputs = model(_model_inputs(batch, modalities, multi_input, device))
-        if isinstance(outputs, torch.Tensor):
-            outputs = {tasks[0]: outputs}
+    for batch_index, batch in enumerate(loader):
+        inputs = _model_inputs(batch, modalities, multi_input, device)
+        outputs = _as_task_dict(models[0](inputs), tasks)
+        if mc_samples:
+            drawn = _as_task_dict(ensemble_mc_logits(models, inputs, mc_samples, fast=True,
+                                                     seed=seed * 1_000_003 + batch_index), tasks)
         for task in tasks:
-            probs[task].append(outputs[task].float().softmax(dim=1).cpu().numpy())
+            logits[task].append(outputs[task].float().cpu().numpy())
+            if mc_samples:
+                samples[task].append(drawn[task].float().cpu().numpy())
             if task in batch:
                 labels[task].append(batch[task].cpu().numpy())
         case_ids.extend(batch["case_id"])
@@ -71,22 +119,36 @@ def predict_loader(model: nn.Module, loader: DataLoader, spec: dict, device: str
     n_classes = {t: len(c) for t, c in spec["tasks"].items()}
     return Predictions(
         case_ids, patient_ids,
-        {t: np.concatenate(p) if p else np.zeros((0, n_classes[t]), np.float32) for t, p in probs.items()},
-        {t: np.concatenate(v) for t, v in labels.items() if v and len(v) == len(probs[t])},
+        {t: np.concatenate(v) if v else np.zeros((0, n_classes[t]), np.float32) for t, v in logits.items()},
+        {t: np.concatenate(v) for t, v in labels.items() if v and len(v) == len(logits[t])},
+        {t: np.concatenate(v, axis=1) for t, v in samples.items() if v},
     )
 
 
-def predictions_frame(predictions: Predictions, classes: dict[str, list[str]], split: str | None = None) -> pd.DataFrame:
-    """One row per case: ids, then per task the true class (if known), the predicted class and one
-    probability column per class (`<task>_prob_<class>`)."""
+def predictions_frame(predictions: Predictions, classes: dict[str, list[str]], split: str | None = None,
+                      referral: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per case: ids, then per task the true class (if known), the predicted class, one
+    probability column per class (`<task>_prob_<class>`), and with MC samples the uncertainty of the
+    prediction (`<task>_entropy`, `_normalized_entropy`, `_expected_entropy`, `_mutual_information`,
+    `_variation_ratio`, `_std_<class>`) and, given a referral threshold, `<task>_refer`."""
     columns: dict[str, object] = {"case_id": predictions.case_ids, "patient_id": predictions.patient_ids}
     if split is not None:
         columns["split"] = split
-    for task, probs in predictions.probs.items():
+    for task in predictions.tasks:
         names = np.asarray(classes[task], dtype=object)
+        probs = predictions.probs(task)
         if task in predictions.labels:
             columns[f"{task}_true"] = names[predictions.labels[task]]
         columns[f"{task}_pred"] = names[probs.argmax(axis=1)] if len(probs) else []
         for index, name in enumerate(classes[task]):
             columns[f"{task}_prob_{name}"] = probs[:, index]
+        if task in predictions.sample_logits:
+            measures = uncertainty_measures(predictions.sample_probs(task))
+            for key in ("predictive_entropy", "normalized_entropy", "expected_entropy", "mutual_information",
+                        "variation_ratio"):
+                columns[f"{task}_{key.replace('predictive_', '')}"] = measures[key]
+            for index, name in enumerate(classes[task]):
+                columns[f"{task}_std_{name}"] = measures["std"][:, index]
+        if referral and task in referral:
+            columns[f"{task}_refer"] = probs.max(axis=1) < referral[task]
     return pd.DataFrame(columns)

@@ -31,6 +31,8 @@ from dualfuse.data.sources import FileListDataset, FileReader, ManifestDataset, 
 from dualfuse.data.transforms import build_transforms
 from dualfuse.evaluation.metrics import classification_metrics
 from dualfuse.evaluation.predictions import Predictions, predict_loader, predictions_frame
+from dualfuse.evaluation.uncertainty_report import calibrate, task_report
+from dualfuse.uncertainty.conformal import prediction_sets
 from dualfuse.training.checkpoints import AtomicCheckpointIO, atomic_write_bytes, load_model, load_weights_only, save_model
 from dualfuse.training.task import ClassificationTask
 
@@ -103,28 +105,34 @@ def split_metrics(predictions: Predictions, spec: dict, grouped: bool, n_bootstr
         if task not in view.labels or len(view.labels[task]) == 0:
             continue
         out[task] = classification_metrics(
-            view.labels[task], view.probs[task], groups=view.patient_ids if grouped else None, class_names=names,
+            view.labels[task], view.probs(task), groups=view.patient_ids if grouped else None, class_names=names,
             n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
         )
     return out
 
 
-def evaluate_datamodule(model, spec: dict, data: ClassificationDataModule, config: RunConfig,
-                        device: str | None = None) -> tuple[dict, pd.DataFrame]:
-    """Predict every configured split; return `{task: {split: metrics}}` and the per-case table."""
+def evaluate_datamodule(models, spec: dict, data: ClassificationDataModule, config: RunConfig,
+                        device: str | None = None, mc_samples: int = 0, extra_splits: tuple[str, ...] = ()
+                        ) -> tuple[dict, pd.DataFrame, dict[str, Predictions]]:
+    """Predict every configured split; return `{task: {split: metrics}}`, the per-case table of the
+    configured splits, and the raw predictions of every split predicted (`extra_splits` too)."""
     metrics: dict[str, dict] = {task: {} for task in spec["tasks"]}
-    frames = []
-    for split in config.eval.splits:
+    frames, raw = [], {}
+    for split in dict.fromkeys([*config.eval.splits, *extra_splits]):
         dataset = data.datasets.get(split)
         if dataset is None or len(dataset) == 0:
             continue
-        predictions = predict_loader(model, data.eval_dataloader(split), spec, device or default_device())
+        predictions = predict_loader(models, data.eval_dataloader(split), spec, device or default_device(),
+                                     mc_samples=mc_samples, seed=config.train.seed)
+        raw[split] = predictions
+        if split not in config.eval.splits:
+            continue
         per_task = split_metrics(predictions, spec, _has_patient_ids(dataset), config.eval.n_bootstrap,
                                  config.eval.confidence, config.train.seed)
         for task, values in per_task.items():
             metrics[task][split] = values
         frames.append(predictions_frame(predictions, spec["tasks"], split))
-    return metrics, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return metrics, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), raw
 
 
 def _run_dir(config: RunConfig) -> Path:
@@ -173,13 +181,14 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
             raise ValueError(f"{last} is a checkpoint for model {saved!r}, expected {config.model.name!r}")
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
 
+    # Data and model are checked before the run folder exists, so a bad config leaves nothing behind.
     data = ClassificationDataModule(config.data, in_chans=1, seed=config.train.seed, split_path=run_dir / "split.csv")
     spec = model_spec(config, data)
     data.in_chans = spec["preprocessing"]["in_chans"]
     task = ClassificationTask(spec, asdict(config.train))
+    run_dir.mkdir(parents=True, exist_ok=True)
     trainer, checkpoint = _trainer(config, run_dir, config.data.mode == "zip")
     if trainer.is_global_zero:
         atomic_write_bytes(run_dir / "config.yaml", dump_run_config(config).encode())
@@ -203,7 +212,7 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     save_model(run_dir / "model", task.model, spec)
 
     data.setup()
-    metrics, frame = evaluate_datamodule(task.model, spec, data, config)
+    metrics, frame, _ = evaluate_datamodule(task.model, spec, data, config)
     summary = {
         "model": config.model.name,
         "run_dir": str(run_dir),
@@ -231,16 +240,44 @@ def _model_path(path: Path) -> Path:
     return path / "model" if (path / "model" / "model.json").is_file() else path
 
 
+UNCERTAINTY_FILE = "uncertainty.json"
+
+
+def _uncertainty_path(path: Path) -> Path:
+    """Where the calibration of a saved model lives: beside its model.json."""
+    model_dir = _model_path(path)
+    if model_dir.is_dir():
+        return model_dir / UNCERTAINTY_FILE
+    run_dir = find_run_dir(path)
+    return (run_dir / "model" if run_dir else path.parent) / UNCERTAINTY_FILE
+
+
+def _view(predictions: Predictions, spec: dict, task: str) -> Predictions:
+    return predictions.for_task(task, spec.get("task_modality", {}).get(task))
+
+
 def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: list[str] | None = None,
-             output: str | Path | None = None) -> dict:
+             output: str | Path | None = None, mc_samples: int = 0, ensemble: list[str] | None = None,
+             target_accuracy: float | None = None, target_coverage: float | None = None, alpha: float = 0.1,
+             ood: str | None = None) -> dict:
     """Evaluate a saved model on its run's splits (or the data of `config`), with confidence intervals.
 
+    With `mc_samples` T > 0 (and optionally `ensemble`, more checkpoints of the same model), every
+    case gets T MC-dropout samples per model and the metrics use the mean of all K·T; then a
+    temperature, a referral threshold (for `target_accuracy`, else `target_coverage`, default 90%)
+    and conformal thresholds are fitted on the validation split, stored beside the model
+    (`uncertainty.json`, used by `predict`), and calibration, selective prediction, conformal
+    coverage and (given `ood`, another dataset) out-of-distribution AUROC are added to metrics.json.
     Writes `metrics.json` and `predictions.csv` to `output` (default: `RUN_DIR/evaluation`).
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     model, spec = load_model(_model_path(checkpoint), expected_model=config.model.name if config else None)
+    members = [model] + [load_model(_model_path(Path(p)), expected_model=spec["model"]["name"])[0]
+                         for p in (ensemble or [])]
+    if ensemble and not mc_samples:
+        raise ValueError("--ensemble averages MC-dropout samples of every member: give --mc-samples too")
     run_dir = find_run_dir(checkpoint)
     if config is None:
         if run_dir is None:
@@ -252,14 +289,48 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     data = ClassificationDataModule(config.data, in_chans=spec["preprocessing"]["in_chans"], seed=config.train.seed,
                                     split_path=split_path)
     data.setup()
-    metrics, frame = evaluate_datamodule(model, spec, data, config)
+    metrics, frame, raw = evaluate_datamodule(members, spec, data, config, mc_samples=mc_samples,
+                                              extra_splits=("val",) if mc_samples else ())
+    summary: dict = {"model": spec["model"]["name"], "checkpoint": str(checkpoint), "tasks": metrics}
+    if mc_samples:
+        if "val" not in raw:
+            raise ValueError("calibration needs a validation split, and this data has none")
+        ood_predictions = None
+        if ood:
+            loader = _prediction_loader([ood], spec, split="test" if ood.endswith(".npz") else None)
+            ood_predictions = predict_loader(members, loader, spec, default_device(), mc_samples, config.train.seed)
+        if target_accuracy is None and target_coverage is None:
+            target_coverage = 0.9
+        stored, uncertainty = {}, {}
+        for task in spec["tasks"]:
+            views = {split: _view(p, spec, task) for split, p in raw.items()}
+            stored[task] = calibrate(views["val"], task, target_accuracy, target_coverage, alpha)
+            uncertainty[task] = task_report(views, task, stored[task], alpha,
+                                            ood=_view(ood_predictions, spec, task) if ood_predictions else None)
+        summary.update(mc_samples=mc_samples, ensemble_size=len(members), uncertainty=uncertainty)
+        if ood:
+            summary["ood_source"] = str(ood)
+        _write_json(_uncertainty_path(checkpoint), {
+            "mc_samples": mc_samples, "seed": config.train.seed,
+            # MC masks are drawn per batch: the same batching reproduces evaluate's samples exactly.
+            "batch_size": config.data.eval_batch_size or config.data.batch_size,
+            "ensemble": [str(Path(p).resolve()) for p in (ensemble or [])], "tasks": stored,
+        })
+        # The table shows what `predict` will: temperature-scaled MC means, the referral decision, the set.
+        for predictions in raw.values():
+            predictions.temperature = {task: entry["temperature"] for task, entry in stored.items()}
+        frame = pd.concat([predictions_frame(raw[s], spec["tasks"], s, _referral(stored)) for s in config.eval.splits
+                           if s in raw], ignore_index=True)
     out_dir = Path(output) if output else (run_dir or checkpoint.parent) / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"model": spec["model"]["name"], "checkpoint": str(checkpoint), "tasks": metrics}
     _write_json(out_dir / "metrics.json", summary)
     _write_csv(out_dir / "predictions.csv", frame)
     summary["output"] = str(out_dir)
     return summary
+
+
+def _referral(stored: dict) -> dict[str, float]:
+    return {task: entry["referral"]["threshold"] for task, entry in stored.items()}
 
 
 def _prediction_dataset(inputs: list[str], spec: dict, split: str | None):
@@ -277,22 +348,49 @@ def _prediction_dataset(inputs: list[str], spec: dict, split: str | None):
     return FileListDataset(expand_inputs(inputs), FileReader(), modality=modalities[0])
 
 
-def predict(checkpoint: str | Path, inputs: list[str], output: str | Path, split: str | None = None,
-            batch_size: int = 64) -> pd.DataFrame:
-    """Class probabilities and the predicted class for every input case, written as CSV to `output`."""
-    model, spec = load_model(_model_path(Path(checkpoint)))
+def _prediction_loader(inputs: list[str], spec: dict, split: str | None = None, batch_size: int = 64):
     prep = spec["preprocessing"]
     dataset = _prediction_dataset([str(i) for i in inputs], spec, split)
-    transforms = build_transforms(
+    dataset.transform = build_transforms(
         spec["modalities"], train=False, img_size=prep["img_size"], resize=prep["resize"], normalize=prep["normalize"],
         overrides={m: {"in_chans": prep["in_chans"][m]} for m in spec["modalities"]},
     )
-    dataset.transform = transforms
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def predict(checkpoint: str | Path, inputs: list[str], output: str | Path, split: str | None = None,
+            batch_size: int | None = None, mc_samples: int | None = None) -> pd.DataFrame:
+    """Class probabilities and the predicted class for every input case, written as CSV to `output`.
+
+    If the model was calibrated (`evaluate --mc-samples`), its temperature, MC samples, ensemble and
+    referral threshold are applied: the output gains uncertainty columns, `<task>_refer` ("send this
+    case to a specialist") and `<task>_set` (the conformal prediction set, LAC).
+    """
+    checkpoint = Path(checkpoint)
+    model, spec = load_model(_model_path(checkpoint))
+    calibration_file = _uncertainty_path(checkpoint)
+    stored = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
+    members = [model]
+    if stored:
+        members += [load_model(_model_path(Path(p)), expected_model=spec["model"]["name"])[0]
+                    for p in stored["ensemble"]]
+    samples = mc_samples if mc_samples is not None else (stored["mc_samples"] if stored else 0)
+    batch_size = batch_size or (stored.get("batch_size") if stored else None) or 64
+    loader = _prediction_loader([str(i) for i in inputs], spec, split, batch_size)
+    predictions = predict_loader(members, loader, spec, default_device(), mc_samples=samples,
+                                 seed=stored["seed"] if stored else 0)
     # A deployed model predicts every task it has, whatever labels the input carries.
-    predictions = predict_loader(model, loader, spec, default_device())
     predictions.labels = {}
-    frame = predictions_frame(predictions, spec["tasks"])
+    referral = None
+    if stored:
+        predictions.temperature = {task: entry["temperature"] for task, entry in stored["tasks"].items()}
+        referral = _referral(stored["tasks"])
+    frame = predictions_frame(predictions, spec["tasks"], referral=referral)
+    if stored:
+        for task, entry in stored["tasks"].items():
+            sets = prediction_sets(predictions.probs(task), entry["conformal"]["lac"]["qhat"], "lac")
+            names = spec["tasks"][task]
+            frame[f"{task}_set"] = ["|".join(n for n, keep in zip(names, row) if keep) for row in sets]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_csv(output, frame)

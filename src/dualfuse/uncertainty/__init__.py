@@ -1,0 +1,14 @@
+"""Uncertainty: per-case measures, calibration, selective prediction, conformal sets, OOD scores."""
+from dualfuse.uncertainty.calibration import (adaptive_calibration_error, apply_temperature,
+                                              brier_score, calibration_report,
+                                              expected_calibration_error, fit_temperature,
+                                              mc_probs_with_temperature, negative_log_likelihood)
+from dualfuse.uncertainty.conformal import (conformal_report, conformal_scores,
+                                            conformal_threshold, prediction_sets)
+from dualfuse.uncertainty.measures import MEASURES, entropy, uncertainty_measures
+from dualfuse.uncertainty.ood import ood_auroc, ood_report
+from dualfuse.uncertainty.selective import (accuracy_at_coverage, aurc, choose_referral_threshold,
+                                            refer, risk_coverage_curve)
+from dualfuse.uncertainty.ensemble import ensemble_mc_logits, ensemble_mc_probs
+from dualfuse.uncertainty.mc_dropout import (enable_mc_dropout, mc_logits, mc_probs, mc_sample_fast,
+                                             mc_sample_naive, sample_seeds)

@@ -1,0 +1,135 @@
+"""Selective prediction: risk-coverage curves, AURC and referral thresholds.
+
+A model that may abstain accepts the cases whose ``confidence`` is at least a threshold and refers
+the rest to a specialist. ``confidence`` is any score where higher means more certain (the top
+probability, 1 - normalized entropy, -mutual information, ...) and ``correct`` says whether the
+model's prediction for the case was right.
+
+Sorting the cases by confidence, highest first, the k most confident give one operating point:
+coverage k/N and risk (error rate) among them. Cases with tied confidence cannot be split by a
+threshold, so the curve only has the points at the end of each run of ties; without ties these are
+k = 1..N. AURC is the area under the risk-coverage step curve, sum over points of risk x (coverage
+step), which without ties is the usual mean over k of the risk of the k most confident (Geifman et
+al. 2019). Lower is better.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dualfuse.evaluation.metrics import _to_numpy
+
+__all__ = ["accuracy_at_coverage", "aurc", "choose_referral_threshold", "refer",
+           "risk_coverage_curve"]
+
+
+def _check_scores(scores: Any, name: str = "confidence") -> np.ndarray:
+    s = _to_numpy(scores)
+    if s.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,) per-case scores, got shape {s.shape}")
+    if len(s) == 0:
+        raise ValueError(f"no cases: {name} is empty")
+    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)
+            or s.dtype == bool):
+        raise ValueError(f"{name} must be real-valued, got dtype {s.dtype}")
+    s = s.astype(np.float64)
+    if not np.isfinite(s).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(s)).sum())} NaN/inf values")
+    return s
+
+
+def _check_inputs(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    conf = _check_scores(confidence)
+    ok = _to_numpy(correct)
+    if ok.ndim != 1 or len(ok) != len(conf):
+        raise ValueError(f"correct must be 1-D with one flag per case (N={len(conf)}), got shape {ok.shape}")
+    if ok.dtype != bool and not np.isin(ok, (0, 1)).all():
+        raise ValueError("correct must hold booleans or 0/1 (prediction right or wrong)")
+    return conf, ok.astype(bool)
+
+
+def _operating_points(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accepted counts k, errors among them and the threshold of each achievable point."""
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf = conf[order]
+    errors = np.cumsum(~correct[order])
+    ends = np.flatnonzero(np.r_[sorted_conf[1:] != sorted_conf[:-1], True])
+    return ends + 1, errors[ends], sorted_conf[ends]
+
+
+def risk_coverage_curve(confidence: Any, correct: Any) -> dict[str, list[float]]:
+    """``coverage``, ``risk`` and ``thresholds`` (accept confidence >= threshold), coverage ascending."""
+    conf, ok = _check_inputs(confidence, correct)
+    accepted, errors, thresholds = _operating_points(conf, ok)
+    return {"coverage": (accepted / len(conf)).tolist(), "risk": (errors / accepted).tolist(),
+            "thresholds": thresholds.tolist()}
+
+
+def aurc(confidence: Any, correct: Any) -> float:
+    """Area under the risk-coverage curve (lower is better)."""
+    conf, ok = _check_inputs(confidence, correct)
+    accepted, errors, _ = _operating_points(conf, ok)
+    steps = np.diff(accepted, prepend=0)
+    return float((errors / accepted * steps).sum() / len(conf))
+
+
+def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: float | None = None,
+                              target_coverage: float | None = None) -> dict[str, Any]:
+    """The confidence threshold meeting exactly one target on this (validation) data.
+
+    With ``target_accuracy`` the lowest threshold, i.e. the largest coverage, whose accepted set
+    (confidence >= threshold) is at least that accurate; when none is, ``reachable`` is False,
+    ``threshold`` is +inf (refer every case), ``coverage`` 0 and ``accuracy`` None. With
+    ``target_coverage`` the highest threshold accepting at least that fraction of the cases (more
+    only where ties force it).
+
+    Returns a JSON-serialisable dict: ``threshold``, ``coverage``, ``accuracy``, ``n_accepted``,
+    ``n``, ``reachable``, ``target_accuracy`` and ``target_coverage``. Note that +inf is written
+    as ``Infinity`` by :func:`json.dumps`.
+    """
+    if (target_accuracy is None) == (target_coverage is None):
+        raise ValueError("give exactly one of target_accuracy and target_coverage")
+    target = target_accuracy if target_coverage is None else target_coverage
+    name = "target_accuracy" if target_coverage is None else "target_coverage"
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or not 0 < target <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {target!r}")
+    conf, ok = _check_inputs(confidence, correct)
+    n = len(conf)
+    accepted, errors, thresholds = _operating_points(conf, ok)
+    slack = 1e-9 * accepted
+    if target_accuracy is not None:
+        feasible = np.flatnonzero(errors <= (1 - target_accuracy) * accepted + slack)
+        pick = feasible[-1] if len(feasible) else None
+    else:
+        pick = np.flatnonzero(accepted >= target_coverage * n - 1e-9)[0]
+    result: dict[str, Any] = {"threshold": math.inf, "coverage": 0.0, "accuracy": None,
+                              "n_accepted": 0, "n": int(n), "reachable": pick is not None,
+                              "target_accuracy": target_accuracy, "target_coverage": target_coverage}
+    if pick is not None:
+        k = int(accepted[pick])
+        result.update(threshold=float(thresholds[pick]), coverage=k / n,
+                      accuracy=1 - float(errors[pick]) / k, n_accepted=k)
+    return result
+
+
+def accuracy_at_coverage(confidence: Any, correct: Any,
+                         coverages: Sequence[float] = (0.8, 0.9, 0.95)) -> dict[str, float]:
+    """Accuracy of the most confident cases at each coverage, keyed like ``"0.9"``.
+
+    Each entry accepts the smallest top-confidence set covering at least that fraction (ties can
+    make it a little larger), as ``choose_referral_threshold(target_coverage=...)`` does.
+    """
+    return {f"{c:g}": choose_referral_threshold(confidence, correct, target_coverage=c)["accuracy"]
+            for c in coverages}
+
+
+def refer(confidence: Any, threshold: float) -> np.ndarray:
+    """Boolean (N,) mask, True where a case goes to a specialist (confidence < threshold)."""
+    conf = _check_scores(confidence)
+    t = float(threshold)
+    if math.isnan(t):
+        raise ValueError("threshold is NaN")
+    return conf < t
