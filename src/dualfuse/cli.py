@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="run config whose data to use (default: the run folder's config.yaml)")
     evaluate.add_argument("--split", nargs="+", help="splits to evaluate (default: the config's eval.splits)")
     evaluate.add_argument("--output", help="folder for metrics.json and predictions.csv (default: RUN_DIR/evaluation)")
-    evaluate.add_argument("--mc-samples", type=int, default=0, metavar="T",
-                          help="MC-dropout samples per case; adds calibration, referral, conformal sets, OOD")
+    evaluate.add_argument("--mc-samples", type=int, nargs="?", const=30, default=0, metavar="T",
+                          help="MC-dropout samples per case (30 if no number is given); adds calibration, "
+                          "referral, conformal sets, OOD")
     evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                           help="more checkpoints of the same model: K models x T samples (deep ensemble)")
     target = evaluate.add_mutually_exclusive_group()
