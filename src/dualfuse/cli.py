@@ -148,6 +148,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from dualfuse.explain.overlays import explain
+
+    frame = explain(args.checkpoint, args.inputs, args.output, method=args.method, target_class=args.target_class,
+                    task=args.task, batch_size=args.batch_size)
+    print(f"wrote {len(frame)} overlays and explanations.csv to {args.output}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dualfuse.report.html import write_report
+
+    path = write_report(args.run_dir, mc_samples=args.mc_samples, gallery_size=args.gallery, cam_method=args.method,
+                        redact=args.redact, max_tsne_points=args.tsne_points)
+    print(f"wrote {path} (figures in {path.parent / 'report'}, model card in {path.parent / 'model' / 'metadata.json'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualfuse", description="Trustworthy medical image classification.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -195,6 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--mc-samples", type=int, default=None, metavar="T",
                          help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 0)")
     predict.set_defaults(handler=_cmd_predict)
+
+    from dualfuse.explain import CAM_METHOD_NAMES
+
+    explain = commands.add_parser("explain", help="Grad-CAM overlays (PNG) for images, folders, a manifest or an npz")
+    explain.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")
+    explain.add_argument("inputs", nargs="+", help="image/DICOM/NIfTI files, folders, one CSV manifest or one .npz")
+    explain.add_argument("--output", required=True, help="folder for the overlay PNGs and explanations.csv")
+    explain.add_argument("--method", default="gradcam", choices=CAM_METHOD_NAMES, help="CAM method (default gradcam)")
+    explain.add_argument("--class", dest="target_class", help="class to explain (default: each case's predicted class)")
+    explain.add_argument("--task", help="task to explain (default: the model's first)")
+    explain.add_argument("--batch-size", type=int, default=16, help="cases per batch (default 16)")
+    explain.set_defaults(handler=_cmd_explain)
+
+    report = commands.add_parser("report", help="self-contained HTML report of a run, for clinicians")
+    report.add_argument("run_dir", help="a finished run folder (from dualfuse train)")
+    report.add_argument("--mc-samples", type=int, default=None, metavar="T",
+                        help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 30)")
+    report.add_argument("--gallery", type=int, default=6, metavar="N", help="cases per gallery (default 6)")
+    report.add_argument("--method", default="gradcam", choices=CAM_METHOD_NAMES, help="CAM method (default gradcam)")
+    report.add_argument("--redact", action="store_true",
+                        help="show no file names or data paths (always on for sources marked `sensitive: true`)")
+    report.add_argument("--tsne-points", type=int, default=1500, metavar="N", help="cases in the t-SNE map (default 1500)")
+    report.set_defaults(handler=_cmd_report)
 
     # `dualfuse data ...` commands are added below by the data layer.
     data = commands.add_parser("data", help="inspect datasets")

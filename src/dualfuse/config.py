@@ -36,6 +36,7 @@ class SourceConfig:
     tasks: Optional[list[str]] = None  # manifest label columns (default: "label")
     channels: Optional[int] = None  # decode to 1 or 3 channels (default: native)
     classes: Optional[list[str]] = None  # class names in label order (default: from the source)
+    sensitive: bool = False  # file paths may identify patients: reports and model cards never show them
 
 
 @dataclass

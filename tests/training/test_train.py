@@ -19,20 +19,7 @@ from dualfuse.training import run as run_module
 from dualfuse.training.run import evaluate, predict, train
 from dualfuse.training.task import ClassificationTask
 
-BREAST_CLASSES = ["malignant", "normal_or_benign"]
-
-
-def breast_args(data_root: Path, output: Path, *extra: str) -> list[str]:
-    sources = {"breast": {"format": "medmnist", "path": str(data_root / "medmnist" / "breastmnist.npz"),
-                          "classes": BREAST_CLASSES}}
-    return [
-        "--model.name", "dcat", "--model.kwargs", json.dumps({"in_chans": 1, "embed_dim": 64, "num_heads": 4}),
-        "--data.sources", json.dumps(sources), "--data.img_size", "32", "--data.normalize", "zscore",
-        "--data.batch_size", "32", "--data.num_workers", "0",
-        "--train.epochs", "4", "--train.lr", "2e-3", "--train.monitor", "val/auc", "--train.monitor_mode", "max",
-        "--train.progress_bar", "false", "--eval.n_bootstrap", "200", "--output", str(output), *extra,
-    ]
-
+from conftest import BREAST_CLASSES, breast_args
 
 @pytest.fixture(scope="module")
 def breast_run(data_root, tmp_path_factory):

@@ -54,15 +54,20 @@ class Predictions:
             return self.sample_probs(task).mean(axis=0)
         return self.deterministic_probs(task)
 
+    def task_rows(self, modality: str | None = None) -> np.ndarray:
+        """The rows `for_task` keeps: all, or in zip mode the first row of each image of `modality`."""
+        if modality is None:
+            return np.arange(len(self.case_ids))
+        components = [_component(case_id, modality) for case_id in self.case_ids]
+        return np.array(sorted({cid: i for i, cid in reversed(list(enumerate(components)))}.values()), dtype=int)
+
     def for_task(self, task: str, modality: str | None = None) -> "Predictions":
         """One task's cases. In zip mode a case id joins one image per modality
         (`mri:a.jpg|xray:train_3`); each task is judged on its own modality's images, once each."""
-        rows = np.arange(len(self.case_ids))
+        rows = self.task_rows(modality)
         ids, patients = self.case_ids, self.patient_ids
         if modality is not None:
-            components = [_component(case_id, modality) for case_id in self.case_ids]
-            rows = np.array(sorted({cid: i for i, cid in reversed(list(enumerate(components)))}.values()), dtype=int)
-            ids = patients = components
+            ids = patients = [_component(case_id, modality) for case_id in self.case_ids]
         return Predictions(
             [ids[i] for i in rows], [patients[i] for i in rows], {task: self.logits[task][rows]},
             {task: self.labels[task][rows]} if task in self.labels else {},
@@ -78,8 +83,9 @@ def _component(case_id: str, modality: str) -> str:
     return case_id
 
 
-def _model_inputs(batch: dict, modalities: list[str], multi_input: bool, device: torch.device):
-    if multi_input:
+def model_inputs(batch: dict, modalities: list[str], model: nn.Module, device: torch.device | str = "cpu"):
+    """What `model` takes from a loader batch: a dict of modalities for multi-input models, else one tensor."""
+    if getattr(model, "modalities", None):
         return {m: batch[m].to(device) for m in modalities}
     return batch[modalities[0]].to(device)
 
@@ -97,13 +103,12 @@ def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, 
     models = [models] if isinstance(models, nn.Module) else list(models)
     models = [model.to(device).eval() for model in models]
     tasks, modalities = list(spec["tasks"]), list(spec["modalities"])
-    multi_input = bool(getattr(models[0], "modalities", None))
     case_ids, patient_ids = [], []
     logits: dict[str, list] = {t: [] for t in tasks}
     samples: dict[str, list] = {t: [] for t in tasks}
     labels: dict[str, list] = {t: [] for t in tasks}
     for batch_index, batch in enumerate(loader):
-        inputs = _model_inputs(batch, modalities, multi_input, device)
+        inputs = model_inputs(batch, modalities, models[0], device)
         outputs = _as_task_dict(models[0](inputs), tasks)
         if mc_samples:
             drawn = _as_task_dict(ensemble_mc_logits(models, inputs, mc_samples, fast=True,

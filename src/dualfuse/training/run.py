@@ -30,6 +30,7 @@ from dualfuse.data.multimodal import ZipDataset
 from dualfuse.data.sources import FileListDataset, FileReader, ManifestDataset, MedMNISTDataset, expand_inputs
 from dualfuse.data.transforms import build_transforms
 from dualfuse.evaluation.metrics import classification_metrics
+from dualfuse.evaluation.model_card import write_model_card
 from dualfuse.evaluation.predictions import Predictions, predict_loader, predictions_frame
 from dualfuse.evaluation.uncertainty_report import calibrate, task_report
 from dualfuse.uncertainty.conformal import prediction_sets
@@ -90,7 +91,7 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
 
-def _has_patient_ids(dataset) -> bool:
+def has_patient_ids(dataset) -> bool:
     """Bootstrap over patients only when every case names one (a missing id is not one big patient)."""
     records = getattr(dataset, "records", [])
     return not isinstance(dataset, ZipDataset) and bool(records) and all(r.patient_id for r in records)
@@ -127,7 +128,7 @@ def evaluate_datamodule(models, spec: dict, data: ClassificationDataModule, conf
         raw[split] = predictions
         if split not in config.eval.splits:
             continue
-        per_task = split_metrics(predictions, spec, _has_patient_ids(dataset), config.eval.n_bootstrap,
+        per_task = split_metrics(predictions, spec, has_patient_ids(dataset), config.eval.n_bootstrap,
                                  config.eval.confidence, config.train.seed)
         for task, values in per_task.items():
             metrics[task][split] = values
@@ -224,7 +225,12 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     }
     _write_json(run_dir / "metrics.json", summary)
     _write_csv(run_dir / "predictions.csv", frame)
+    write_model_card(run_dir, sensitive=_sensitive(config))
     return summary
+
+
+def _sensitive(config: RunConfig) -> bool:
+    return any(source.sensitive for source in config.data.sources.values())
 
 
 def find_run_dir(path: Path) -> Path | None:
@@ -238,6 +244,14 @@ def find_run_dir(path: Path) -> Path | None:
 def _model_path(path: Path) -> Path:
     """A run folder means its exported best model."""
     return path / "model" if (path / "model" / "model.json").is_file() else path
+
+
+def load_for_inference(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The model and its spec from a run folder, model folder, model.safetensors or a .ckpt."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    return load_model(_model_path(checkpoint))
 
 
 UNCERTAINTY_FILE = "uncertainty.json"
@@ -297,7 +311,7 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
             raise ValueError("calibration needs a validation split, and this data has none")
         ood_predictions = None
         if ood:
-            loader = _prediction_loader([ood], spec, split="test" if ood.endswith(".npz") else None)
+            loader = prediction_loader([ood], spec, split="test" if ood.endswith(".npz") else None)
             ood_predictions = predict_loader(members, loader, spec, default_device(), mc_samples, config.train.seed)
         if target_accuracy is None and target_coverage is None:
             target_coverage = 0.9
@@ -325,6 +339,8 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", summary)
     _write_csv(out_dir / "predictions.csv", frame)
+    if run_dir is not None and (run_dir / "model" / "model.json").is_file():
+        write_model_card(run_dir, sensitive=_sensitive(config))  # now with calibration and referral
     summary["output"] = str(out_dir)
     return summary
 
@@ -333,7 +349,7 @@ def _referral(stored: dict) -> dict[str, float]:
     return {task: entry["referral"]["threshold"] for task, entry in stored.items()}
 
 
-def _prediction_dataset(inputs: list[str], spec: dict, split: str | None):
+def prediction_dataset(inputs: list[str], spec: dict, split: str | None):
     """Image files and folders, a CSV manifest (one column per modality), or a MedMNIST npz."""
     modalities = spec["modalities"]
     if len(inputs) == 1 and inputs[0].lower().endswith(".csv"):
@@ -348,9 +364,9 @@ def _prediction_dataset(inputs: list[str], spec: dict, split: str | None):
     return FileListDataset(expand_inputs(inputs), FileReader(), modality=modalities[0])
 
 
-def _prediction_loader(inputs: list[str], spec: dict, split: str | None = None, batch_size: int = 64):
+def prediction_loader(inputs: list[str], spec: dict, split: str | None = None, batch_size: int = 64):
     prep = spec["preprocessing"]
-    dataset = _prediction_dataset([str(i) for i in inputs], spec, split)
+    dataset = prediction_dataset([str(i) for i in inputs], spec, split)
     dataset.transform = build_transforms(
         spec["modalities"], train=False, img_size=prep["img_size"], resize=prep["resize"], normalize=prep["normalize"],
         overrides={m: {"in_chans": prep["in_chans"][m]} for m in spec["modalities"]},
@@ -376,7 +392,7 @@ def predict(checkpoint: str | Path, inputs: list[str], output: str | Path, split
                     for p in stored["ensemble"]]
     samples = mc_samples if mc_samples is not None else (stored["mc_samples"] if stored else 0)
     batch_size = batch_size or (stored.get("batch_size") if stored else None) or 64
-    loader = _prediction_loader([str(i) for i in inputs], spec, split, batch_size)
+    loader = prediction_loader([str(i) for i in inputs], spec, split, batch_size)
     predictions = predict_loader(members, loader, spec, default_device(), mc_samples=samples,
                                  seed=stored["seed"] if stored else 0)
     # A deployed model predicts every task it has, whatever labels the input carries.

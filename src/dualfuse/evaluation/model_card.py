@@ -1,0 +1,197 @@
+"""The model card (`metadata.json`) written beside each checkpoint of a run.
+
+A checkpoint handed to a colleague or a hospital should say what it is for, what it was trained
+on, what it expects as input, how well it did (with confidence intervals) and how far its
+probabilities and referral threshold can be trusted. Keys follow MONAI bundle metadata where they
+fit; the schema is `model_card.schema.json` beside this file, and every card is validated against
+it before it is written.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import torch
+import yaml
+
+from dualfuse.training.checkpoints import atomic_write_bytes
+
+CARD_FILE = "metadata.json"
+SCHEMA_ID = "dualfuse-model-card/1"
+INTENDED_USE = (
+    "Research and method development only. Not a medical device and not validated for clinical "
+    "decisions; every prediction must be reviewed by a qualified clinician. Cases flagged 'refer' "
+    "(confidence below the referral threshold) should always go to a specialist."
+)
+REFERENCES = {
+    "dcat": "Borah & Singh (2025), DCAT: dual cross-attention fusion of EfficientNet-B4 and ResNet-34 with "
+            "MC-dropout uncertainty.",
+    "drifa_net": "Dhar et al. (WACV 2025), DRIFA-Net: multimodal fusion learning with dual attention and "
+                 "ensemble MC dropout.",
+}
+VALUE_RANGES = {"minmax": [0.0, 1.0], None: [0.0, 1.0]}  # zscore and imagenet are unbounded
+PACKAGES = ("dualfuse", "timm", "lightning", "torchvision", "grad-cam")
+
+
+def model_card_schema() -> dict:
+    return json.loads(resources.files("dualfuse.evaluation").joinpath("model_card.schema.json").read_text())
+
+
+def validate_model_card(card: dict) -> None:
+    """Raise a one-line `ValueError` naming the first field that breaks the schema."""
+    try:
+        jsonschema.validate(card, model_card_schema())
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"model card field {where}: {error.message}") from None
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _data_source(config: dict, sensitive: bool) -> tuple[str, str]:
+    """A description of the training data and its format(s); paths are left out when sensitive."""
+    sources = config["data"]["sources"]
+    parts = []
+    for name, source in sources.items():
+        hidden = sensitive or source.get("sensitive")
+        where = "path withheld (marked sensitive)" if hidden else source.get("path", "")
+        parts.append(f"{name}: {source.get('format')} ({where})")
+    mode = config["data"].get("mode", "single")
+    prefix = "zip mode (independent datasets re-paired each epoch): " if mode == "zip" else ""
+    return prefix + "; ".join(parts), ", ".join(sorted({str(s.get("format")) for s in sources.values()}))
+
+
+def _network_data_format(spec: dict) -> dict:
+    prep = spec["preprocessing"]
+    size = prep["img_size"]
+    inputs = {
+        modality: {
+            "type": "image", "format": "grayscale" if chans == 1 else "RGB", "num_channels": chans,
+            "spatial_shape": [size, size], "dtype": "float32",
+            "value_range": VALUE_RANGES.get(prep["normalize"], [None, None]),
+            "normalization": prep["normalize"], "resize": prep["resize"],
+        }
+        for modality, chans in prep["in_chans"].items()
+    }
+    outputs = {
+        task: {"type": "probabilities", "format": "classes", "num_channels": len(names), "dtype": "float32",
+               "value_range": [0, 1], "channel_def": {str(i): name for i, name in enumerate(names)}}
+        for task, names in spec["tasks"].items()
+    }
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _performance(metrics: dict) -> dict:
+    """Only the `{value, ci_low, ci_high}` entries: the card is a summary, metrics.json has the rest."""
+    return {
+        task: {split: {name: {k: entry.get(k) for k in ("value", "ci_low", "ci_high")}
+                       for name, entry in values.items() if isinstance(entry, dict) and "value" in entry}
+               for split, values in splits.items()}
+        for task, splits in metrics.get("tasks", {}).items()
+    }
+
+
+def _calibration(evaluation: dict | None) -> dict | None:
+    if not evaluation or "uncertainty" not in evaluation:
+        return None
+    out = {}
+    for task, report in evaluation["uncertainty"].items():
+        split = "test" if "test" in report["calibration"] else next(iter(report["calibration"]), None)
+        calibration = report["calibration"].get(split, {}) if split else {}
+        after = calibration.get("mc_temperature") or calibration.get("deterministic_temperature") or {}
+        out[task] = {"method": "temperature scaling", "fitted_on": "val", "temperature": report["temperature"],
+                     "ece_before": calibration.get("deterministic", {}).get("ece"), "ece_after": after.get("ece"),
+                     "ece_split": split}
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    """JSON has no infinity: an unreachable referral threshold (refer everything) is stored as null."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _referral(stored: dict | None) -> dict | None:
+    if not stored:
+        return None
+    return {task: {"threshold": _finite(entry["referral"]["threshold"]),
+                   "confidence": entry["referral"].get("confidence", "max_prob"),
+                   "target_accuracy": entry["referral"].get("target_accuracy"),
+                   "target_coverage": entry["referral"].get("target_coverage"),
+                   "reachable": bool(entry["referral"].get("reachable", True))}
+            for task, entry in stored["tasks"].items()}
+
+
+def build_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
+    """The card of a run folder, from its config, model spec, metrics and calibration files."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    spec = json.loads((run_dir / "model" / "model.json").read_text())
+    trained = _read_json(run_dir / "metrics.json") or {}
+    evaluation = _read_json(run_dir / "evaluation" / "metrics.json")
+    stored = _read_json(run_dir / "model" / "uncertainty.json")
+    name = spec["model"]["name"]
+    tasks = "; ".join(f"{task} ({', '.join(names)})" for task, names in spec["tasks"].items())
+    data_source, data_type = _data_source(config, sensitive)
+    mc_samples = int(stored["mc_samples"]) if stored else 0
+    ensemble_size = 1 + len(stored.get("ensemble", [])) if stored else 1
+    if not mc_samples:
+        method = "none: deterministic softmax (run `dualfuse evaluate --mc-samples` to calibrate)"
+    elif ensemble_size > 1:
+        method = (f"deep ensemble of {ensemble_size} models x {mc_samples} MC-dropout samples "
+                  "(predictive entropy, mutual information)")
+    else:
+        method = f"MC dropout, {mc_samples} samples (predictive entropy, mutual information)"
+    use_evaluation = bool(evaluation and evaluation.get("tasks"))
+    card = {
+        "schema": SCHEMA_ID,
+        "version": _version("dualfuse"),
+        "changelog": {_version("dualfuse"): f"trained {datetime.now(timezone.utc).date().isoformat()} with dualfuse"},
+        "pytorch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "required_packages_version": {p: _version(p) for p in PACKAGES},
+        "name": name,
+        "task": f"Image classification: {tasks}",
+        "description": f"{name} ({', '.join(spec['modalities'])} input"
+                       f"{'s' if len(spec['modalities']) > 1 else ''}) trained with dualfuse; "
+                       f"constructor arguments {json.dumps(spec['model']['kwargs'], sort_keys=True, default=str)}.",
+        "intended_use": INTENDED_USE,
+        "data_source": data_source,
+        "data_type": data_type,
+        "network_data_format": _network_data_format(spec),
+        "performance": {"source": "evaluate" if use_evaluation else "train",
+                        "tasks": _performance(evaluation if use_evaluation else trained)},
+        "uncertainty": {"method": method, "mc_samples": mc_samples, "ensemble_size": ensemble_size},
+        "calibration": _calibration(evaluation),
+        "referral": _referral(stored),
+        "training": {"epochs_trained": trained.get("epochs_trained"), "train_seconds": trained.get("train_seconds"),
+                     "device": trained.get("device"), "seed": int(config.get("train", {}).get("seed", 0))},
+        "references": [REFERENCES[name]] if name in REFERENCES else [],
+    }
+    validate_model_card(card)
+    return card
+
+
+def write_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
+    """Build, validate and write the card beside each checkpoint (`model/` and `checkpoints/`)."""
+    run_dir = Path(run_dir)
+    card = build_model_card(run_dir, sensitive)
+    payload = (json.dumps(card, indent=2) + "\n").encode()
+    for folder in (run_dir / "model", run_dir / "checkpoints"):
+        if folder.is_dir():
+            atomic_write_bytes(folder / CARD_FILE, payload)
+    return card

@@ -1,0 +1,299 @@
+"""Everything the report shows, computed from a run folder: one pass over the val and test splits.
+
+The report recomputes its numbers with the same functions as `evaluate` (metrics with bootstrap
+CIs, MC dropout, temperature, referral, conformal sets), so what a clinician reads is what the
+saved model does: with the calibration stored by `evaluate --mc-samples`, or, for an uncalibrated
+run, with a temperature and a 90%-coverage referral threshold fitted here on the validation split.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from dualfuse.config import load_run_config
+from dualfuse.data.datamodule import ClassificationDataModule
+from dualfuse.evaluation.metrics import METRICS
+from dualfuse.evaluation.predictions import Predictions, model_inputs, predict_loader
+from dualfuse.evaluation.uncertainty_report import calibrate, task_report
+from dualfuse.explain.embeddings import embed_loader, tsne_map
+from dualfuse.explain.gradcam import class_activation_maps
+from dualfuse.explain.overlays import display_image, overlay, png_bytes
+from dualfuse.report import figures
+from dualfuse.training.checkpoints import load_model
+from dualfuse.training.run import UNCERTAINTY_FILE, default_device, has_patient_ids, split_metrics
+from dualfuse.uncertainty.measures import uncertainty_measures
+from dualfuse.uncertainty.selective import risk_coverage_curve
+
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC (AUPR)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+    "f1_macro": "F1 (macro)", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",
+    "sensitivity": "sensitivity", "specificity": "specificity",
+}
+
+
+@dataclass
+class GalleryCase:
+    title: str
+    caption: str
+    images: list[tuple[str, bytes]]  # (label, PNG): each modality's input, then its Grad-CAM overlay
+
+
+@dataclass
+class TaskSection:
+    name: str
+    classes: list[str]
+    split: str
+    metric_rows: list[dict]
+    calibration_rows: list[dict]
+    referral: dict
+    conformal: dict | None
+    figures: dict[str, bytes] = field(default_factory=dict)
+    uncertain: list[GalleryCase] = field(default_factory=list)
+    confidently_wrong: list[GalleryCase] = field(default_factory=list)
+
+
+@dataclass
+class ReportContent:
+    title: str
+    created: str
+    summary: list[tuple[str, str]]
+    data_rows: list[dict]
+    uncertainty_method: str
+    calibration_source: str
+    tasks: list[TaskSection]
+    notes: list[str]
+    redacted: bool
+
+
+def _metric_rows(metrics_by_split: dict[str, dict]) -> list[dict]:
+    rows = []
+    for name in METRICS:
+        cells = {}
+        for split, metrics in metrics_by_split.items():
+            entry = metrics.get(name)
+            if not entry or entry.get("value") is None:
+                continue
+            low, high = entry.get("ci_low"), entry.get("ci_high")
+            cells[split] = f"{entry['value']:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+        if cells:
+            rows.append({"metric": METRIC_LABELS.get(name, name), **cells})
+    return rows
+
+
+def _calibration_rows(report: dict) -> list[dict]:
+    labels = {"deterministic": "softmax", "deterministic_temperature": "softmax + temperature",
+              "mc": "MC mean", "mc_temperature": "MC mean + temperature"}
+    rows = []
+    for split, variants in report["calibration"].items():
+        for key, label in labels.items():
+            if key in variants:
+                values = variants[key]
+                rows.append({"split": split, "probabilities": label, "ece": values["ece"], "ace": values["ace"],
+                             "nll": values["nll"], "brier": values["brier"]})
+    return rows
+
+
+def _class_counts(data: ClassificationDataModule) -> list[dict]:
+    """Cases per split and class, read from the records (no image is decoded)."""
+    rows = []
+    for split, dataset in data.datasets.items():
+        members = getattr(dataset, "datasets", {"": dataset})
+        for source, part in members.items():
+            for task, names in part.classes.items():
+                task_name = f"{source}_label" if source else task
+                counts = np.bincount([r.labels[task] for r in part.records if task in r.labels], minlength=len(names))
+                rows.append({"split": split, "task": task_name, "cases": int(counts.sum()),
+                             "classes": ", ".join(f"{n} {c}" for n, c in zip(names, counts))})
+    return rows
+
+
+def _case_label(case_id: str, index: int, split: str, redact: bool) -> str:
+    """What the gallery may show about a case: never a path when redacted, only the file name otherwise."""
+    if redact:
+        return f"{split} case #{index}"
+    return case_id.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _collate(samples: list[dict], modalities: list[str]) -> dict:
+    return {m: torch.stack([s[m] for s in samples]) for m in modalities}
+
+
+def _gallery(model, spec: dict, dataset, rows: np.ndarray, view: Predictions, task: str, modality: str | None,
+             order: np.ndarray, redact: bool, split: str, cam_method: str,
+             entropy: np.ndarray) -> list[GalleryCase]:
+    """Grad-CAM overlays of the chosen view rows (explaining each case's predicted class)."""
+    if not len(order):
+        return []
+    names = spec["tasks"][task]
+    samples = [dataset[int(rows[i])] for i in order]
+    batch = _collate(samples, spec["modalities"])
+    probs = view.probs(task)[order]
+    predicted = probs.argmax(axis=1)
+    maps = class_activation_maps(model, model_inputs(batch, spec["modalities"], model), predicted.tolist(),
+                                 task=task, method=cam_method)
+    if modality is not None:  # zip mode: a task is about its own modality's image
+        maps = {name: m for name, m in maps.items() if name == modality} or maps
+    normalize = spec["preprocessing"]["normalize"]
+    cases = []
+    for k, i in enumerate(order):
+        images = []
+        for map_name, cams in maps.items():
+            source = map_name if map_name in batch else (modality or spec["modalities"][0])
+            picture = display_image(batch[source][k], normalize)
+            images.append((source, png_bytes((picture * 255).round().astype(np.uint8))))
+            images.append((f"{source} Grad-CAM", png_bytes(overlay(picture, cams[k]))))
+        truth = names[view.labels[task][i]] if task in view.labels else "?"
+        caption = (f"true {truth}, predicted {names[predicted[k]]} (p = {probs[k].max():.2f}), "
+                   f"entropy {entropy[i]:.2f}")
+        cases.append(GalleryCase(_case_label(view.case_ids[i], int(i), split, redact), caption, images))
+    return cases
+
+
+def _operating_point(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> tuple[float, float] | None:
+    accepted = confidence >= threshold
+    if not np.isfinite(threshold) or not accepted.any():
+        return None
+    return float(accepted.mean()), float(1 - correct[accepted].mean())
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def _task_section(task: str, spec: dict, model, members, data: ClassificationDataModule, raw: dict[str, Predictions],
+                  stored: dict, config, split: str, gallery_size: int, cam_method: str, redact: bool,
+                  max_tsne_points: int, device: str, alpha: float) -> TaskSection:
+    modality = spec.get("task_modality", {}).get(task)
+    views = {s: p.for_task(task, modality) for s, p in raw.items()}
+    names = spec["tasks"][task]
+    metrics = {s: split_metrics(v, {"tasks": {task: names}}, has_patient_ids(data.datasets[s]), config.eval.n_bootstrap,
+                                config.eval.confidence, config.train.seed).get(task, {}) for s, v in views.items()}
+    report = task_report(views, task, stored, alpha)
+    view = views[split]
+    view.temperature = {task: stored["temperature"]}
+    probs, y = view.probs(task), view.labels[task]
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    sampled = task in view.sample_logits
+    measures = uncertainty_measures(view.sample_probs(task) if sampled else probs[None])
+    entropy = measures["predictive_entropy"]
+
+    section = TaskSection(
+        name=task, classes=names, split=split, metric_rows=_metric_rows(metrics),
+        calibration_rows=_calibration_rows(report), referral=report["referral"],
+        conformal=report.get("conformal"),
+    )
+    section.figures["roc_pr"] = figures.roc_pr_curves(y, probs, names)
+    section.figures["confusion_matrix"] = figures.confusion_matrix_plot(metrics[split]["confusion_matrix"], names)
+    calibration = report["calibration"][split]
+    after_key = "mc_temperature" if sampled else "deterministic_temperature"
+    after_title = f"after: {'MC mean + ' if sampled else ''}temperature T = {stored['temperature']:.2f}"
+    section.figures["reliability"] = figures.reliability_diagram(calibration["deterministic"], calibration[after_key],
+                                                                 after_title)
+    threshold = stored["referral"]["threshold"]
+    section.figures["risk_coverage"] = figures.risk_coverage_plot(
+        risk_coverage_curve(confidence, correct), threshold if np.isfinite(threshold) else None,
+        _operating_point(confidence, correct, threshold), report["selective"][split]["aurc"])
+    shown = {"predictive entropy": entropy}
+    if sampled:
+        shown["mutual information"] = measures["mutual_information"]
+    section.figures["uncertainty_histograms"] = figures.uncertainty_histograms(shown, correct)
+
+    rows = raw[split].task_rows(modality)
+    dataset = data.datasets[split]
+    most_uncertain = np.argsort(-entropy, kind="stable")[:gallery_size]
+    wrong = np.flatnonzero(~correct)
+    confidently_wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:gallery_size]
+    common = dict(model=model, spec=spec, dataset=dataset, rows=rows, view=view, task=task, modality=modality,
+                  redact=redact, split=split, cam_method=cam_method, entropy=entropy)
+    section.uncertain = _gallery(order=most_uncertain, **common)
+    section.confidently_wrong = _gallery(order=confidently_wrong, **common)
+
+    chosen = _subsample(len(rows), max_tsne_points, config.train.seed)
+    if len(chosen) >= 5:
+        loader = DataLoader(Subset(dataset, rows[chosen].tolist()), batch_size=64, shuffle=False)
+        features = embed_loader(model, loader, spec, device)
+        section.figures["tsne"] = figures.tsne_plot(tsne_map(features, seed=config.train.seed), y[chosen], names,
+                                                    correct[chosen], entropy[chosen])
+    return section
+
+
+def collect_report(run_dir: str | Path, mc_samples: int | None = None, gallery_size: int = 6,
+                   cam_method: str = "gradcam", redact: bool = False, max_tsne_points: int = 1500,
+                   device: str | None = None, alpha: float = 0.1) -> ReportContent:
+    """Predict the run's val and test splits and gather every table, figure and gallery case."""
+    run_dir = Path(run_dir)
+    for required in ("config.yaml", "model/model.json"):
+        if not (run_dir / required).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished run folder: {required} is missing")
+    config = load_run_config(run_dir / "config.yaml")
+    model, spec = load_model(run_dir / "model")
+    stored_file = run_dir / "model" / UNCERTAINTY_FILE
+    stored_all = json.loads(stored_file.read_text()) if stored_file.is_file() else None
+    members = [model] + [load_model(Path(p) / "model" if (Path(p) / "model").is_dir() else Path(p),
+                                    expected_model=spec["model"]["name"])[0]
+                         for p in (stored_all or {}).get("ensemble", [])]
+    samples = mc_samples if mc_samples is not None else (stored_all["mc_samples"] if stored_all else 30)
+    device = device or default_device()
+    redact = redact or any(source.sensitive for source in config.data.sources.values())
+
+    data = ClassificationDataModule(config.data, in_chans=spec["preprocessing"]["in_chans"], seed=config.train.seed,
+                                    split_path=run_dir / "split.csv")
+    data.setup()
+    splits = [s for s in ("val", "test") if s in data.datasets and len(data.datasets[s])]
+    if "val" not in splits:
+        raise ValueError(f"{run_dir}: the report needs a validation split to calibrate on, and this data has none")
+    split = "test" if "test" in splits else "val"
+    raw = {s: predict_loader(members, data.eval_dataloader(s), spec, device, mc_samples=samples,
+                             seed=stored_all["seed"] if stored_all else config.train.seed) for s in splits}
+
+    notes = []
+    if stored_all and stored_all["mc_samples"] == samples:
+        stored = stored_all["tasks"]
+        calibration_source = "stored with the model by `dualfuse evaluate` (fitted on the validation split)"
+    else:
+        stored = {}
+        for task in spec["tasks"]:
+            view = raw["val"].for_task(task, spec.get("task_modality", {}).get(task))
+            stored[task] = calibrate(view, task, None, 0.9, alpha)
+        calibration_source = "fitted here on the validation split (90% coverage referral target)"
+        notes.append("This model has not been calibrated with `dualfuse evaluate --mc-samples`; the temperature "
+                     "and referral threshold shown were fitted for this report and are not used by `predict`.")
+    if split == "val":
+        notes.append("This data has no test split: figures show the validation split, which also chose the "
+                     "checkpoint and the calibration, so they are optimistic.")
+
+    sections = [
+        _task_section(task, spec, model, members, data, raw, stored[task], config, split, gallery_size, cam_method,
+                      redact, max_tsne_points, device, alpha)
+        for task in spec["tasks"]
+    ]
+    trained = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    params = sum(p.numel() for p in model.parameters())
+    summary = [
+        ("model", f"{spec['model']['name']} ({params / 1e6:.2f} M parameters)"),
+        ("inputs", ", ".join(f"{m}: {c} channel(s)" for m, c in spec["preprocessing"]["in_chans"].items())
+         + f" at {spec['preprocessing']['img_size']} px ({spec['preprocessing']['resize']}, "
+           f"normalised: {spec['preprocessing']['normalize']})"),
+        ("tasks", "; ".join(f"{t}: {', '.join(c)}" for t, c in spec["tasks"].items())),
+        ("data", "; ".join(f"{name}: {source.format}" + ("" if redact else f" ({source.path})")
+                           for name, source in config.data.sources.items())),
+        ("training", f"{trained.get('epochs_trained', '?')} epochs, {trained.get('train_seconds', '?')} s on "
+                     f"{trained.get('device', '?')}, seed {config.train.seed}"),
+        ("uncertainty", f"{samples} MC-dropout samples x {len(members)} model(s)" if samples
+         else "none (deterministic softmax)"),
+    ]
+    return ReportContent(
+        title=f"{spec['model']['name']} — {', '.join(spec['tasks'])}",
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        summary=summary, data_rows=_class_counts(data),
+        uncertainty_method=summary[-1][1], calibration_source=calibration_source,
+        tasks=sections, notes=notes, redacted=redact,
+    )
