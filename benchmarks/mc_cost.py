@@ -31,6 +31,8 @@ MODEL_CONFIGS = {
     "drifa_paper": dict(name="drifa_net", modalities=2, mc_dropout="paper"),
     "drifa_head": dict(name="drifa_net", modalities=2, mc_dropout="head"),
     "timm_classifier": dict(name="timm_classifier"),
+    "resnet18": dict(name="timm_classifier", backbone="resnet18"),
+    "efficientnet_b4": dict(name="timm_classifier", backbone="efficientnet_b4"),
     "concat_fusion": dict(name="concat_fusion"),
 }
 DEFAULT_MODELS = ("dcat", "drifa_paper", "drifa_head")
@@ -55,8 +57,15 @@ def _one_pass(model, inputs) -> None:
 
 def measure(config_id: str, img_size: int, batch_size: int, samples: int, repeats: int, warmup: int,
             chunk: int | None) -> dict:
+    """`measure_model` for one of MODEL_CONFIGS."""
+    return measure_model(config_id, MODEL_CONFIGS[config_id], img_size, batch_size, samples, repeats, warmup, chunk)
+
+
+def measure_model(config_id: str, config: dict, img_size: int, batch_size: int, samples: int, repeats: int,
+                  warmup: int, chunk: int | None = None) -> dict:
+    """Median times of one pass, fast and naive MC, for the model `create_model(**config)`."""
     torch.manual_seed(0)
-    config = dict(MODEL_CONFIGS[config_id])
+    config = dict(config)
     model = dualfuse.create_model(config.pop("name"), **config).eval()
     inputs = example_inputs(model, img_size, batch_size)
     times = {"one": [], "fast": [], "naive": []}

@@ -56,13 +56,14 @@ class PlainBranches(nn.Module):
         return self.model.forward_features(inputs)
 
 
-def model_and_backbone(name: str) -> tuple[nn.Module, nn.Module]:
-    model = dualfuse.create_model(name)
+def model_and_backbone(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """The model built with `kwargs`, and the same backbone(s) with no fusion."""
+    model = dualfuse.create_model(name, **kwargs)
     if name == "dcat":
         return model, TrunksOnly([model.eff, model.res], model.min_input_size)
     if name == "drifa_net":
-        plain = dualfuse.create_model("drifa_net", use_mfa=False, use_mifa=False, mc_dropout="head")
-        return model, PlainBranches(plain)
+        plain_kwargs = {**kwargs, "use_mfa": False, "use_mifa": False, "mc_dropout": "head"}
+        return model, PlainBranches(dualfuse.create_model("drifa_net", **plain_kwargs))
     if name == "timm_classifier":
         return model, TrunksOnly([model.backbone], model.min_input_size)
     if name == "concat_fusion":
@@ -94,9 +95,11 @@ def _time_train_step(module: nn.Module, inputs) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, img_size: int, batch_size: int, repeats: int, warmup: int) -> dict:
+def measure(name: str, img_size: int, batch_size: int, repeats: int, warmup: int, label: str | None = None,
+            **kwargs) -> dict:
+    """Median per-image times of model and backbone(s); `kwargs` go to `create_model`."""
     torch.manual_seed(0)
-    model, backbone = model_and_backbone(name)
+    model, backbone = model_and_backbone(name, **kwargs)
     inputs = example_inputs(model, img_size, batch_size)
     times = {key: [] for key in ("fwd", "train", "bb_fwd", "bb_train")}
     for step in range(warmup + repeats):
@@ -113,7 +116,7 @@ def measure(name: str, img_size: int, batch_size: int, repeats: int, warmup: int
     train_ratios = [m / b for m, b in zip(times["train"], times["bb_train"])]
     single = example_inputs(model, img_size, 1)
     return {
-        "model": name,
+        "model": label or name,
         "px": img_size,
         "batch_size": batch_size,
         "repeats": repeats,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 
+import dualfuse
 from dualfuse.training.checkpoints import atomic_write_bytes
 
 CARD_FILE = "metadata.json"
@@ -53,6 +54,8 @@ def validate_model_card(card: dict) -> None:
 
 
 def _version(package: str) -> str:
+    if package == "dualfuse":  # also right when run from a source tree that is not pip-installed
+        return dualfuse.__version__
     try:
         return importlib_metadata.version(package)
     except importlib_metadata.PackageNotFoundError:

@@ -1,0 +1,270 @@
+"""Accuracy benchmark on real data: train each row of configs/benchmarks/rows.yaml, evaluate it with
+MC dropout, and record test AUC / ACC / F1 with 95% CIs, ECE before and after temperature scaling,
+AURC and training time, with the machine and the one command that reproduces the record.
+
+    DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --seeds 0 \\
+        --out docs/results/accuracy_cpu.json
+
+Records are merged into --out by (row, seed, device), so a matrix can be run in pieces. Runs go
+through the public API (`dualfuse.training.run.train`, then `evaluate` with MC samples), exactly
+what `dualfuse train` and `dualfuse evaluate --mc-samples` do; each record also names those commands.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, machine, merge_records, read_json, write_json  # noqa: E402
+
+ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
+HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "f1": "f1_macro"}
+ECE_KEYS = {"ece": "deterministic", "ece_temperature": "deterministic_temperature",
+            "ece_mc": "mc", "ece_mc_temperature": "mc_temperature"}
+
+
+class BenchmarkError(ValueError):
+    """A problem with the row table or the arguments, in one line."""
+
+
+def load_rows(path: Path = ROWS_FILE) -> list[dict]:
+    """The row table, each row with `datasets` ({task or None: dataset}) filled in and ids checked."""
+    rows = (yaml.safe_load(path.read_text()) or {}).get("rows") or []
+    seen = set()
+    for row in rows:
+        missing = {"id", "suite", "dataset", "model", "configs"} - set(row)
+        if missing:
+            raise BenchmarkError(f"{path}: row {row.get('id', row)} lacks {sorted(missing)}")
+        if row["id"] in seen:
+            raise BenchmarkError(f"{path}: duplicate row id {row['id']!r}")
+        seen.add(row["id"])
+        dataset = row["dataset"]
+        row["datasets"] = dict(dataset) if isinstance(dataset, dict) else {None: dataset}
+        row.setdefault("overrides", {})
+    return rows
+
+
+def select_rows(rows: list[dict], ids=None, datasets=None, models=None, suite=None) -> list[dict]:
+    """Rows matching every filter given; an unknown row id is an error, not an empty run."""
+    unknown = set(ids or ()) - {r["id"] for r in rows}
+    if unknown:
+        raise BenchmarkError(f"unknown row id(s) {sorted(unknown)}; see {ROWS_FILE.relative_to(REPO_ROOT)}")
+    chosen = [r for r in rows
+              if (not ids or r["id"] in ids)
+              and (not datasets or set(r["datasets"].values()) & set(datasets))
+              and (not models or r["model"].split()[0] in models)
+              and (not suite or r["suite"] == suite)]
+    return sorted(chosen, key=lambda r: ids.index(r["id"])) if ids else chosen  # --rows order is run order
+
+
+def train_argv(row: dict, seed: int, run_dir: Path, accelerator: str | None, devices: str | None) -> list[str]:
+    """The `dualfuse train` arguments of one row and seed."""
+    argv = [arg for config in row["configs"] for arg in ("--config", config)]
+    for key, value in row["overrides"].items():
+        argv += [f"--{key}", str(value)]
+    argv += ["--train.seed", str(seed), "--output", str(run_dir)]
+    if accelerator:
+        argv += ["--train.accelerator", accelerator]
+    if devices:
+        argv += ["--train.devices", devices]
+    return argv
+
+
+def _device(accelerator: str | None) -> str:
+    import torch
+
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"
+
+
+def _metric(entry: dict) -> dict:
+    return {"value": entry["value"], "ci_low": entry["ci_low"], "ci_high": entry["ci_high"]}
+
+
+def task_record(task: str, dataset: str, trained: dict, evaluated: dict) -> dict:
+    """One task's numbers: deterministic test metrics with CIs, MC test metrics, ECE and AURC."""
+    test = trained["tasks"][task]["test"]
+    mc_test = evaluated["tasks"][task]["test"]
+    uncertainty = evaluated["uncertainty"][task]
+    calibration = uncertainty["calibration"]["test"]
+    record = {"dataset": dataset, "n_test": test["n"],
+              **{key: _metric(test[name]) for key, name in HEADLINE.items()},
+              "mc": {key: mc_test[name]["value"] for key, name in HEADLINE.items()},
+              "temperature": uncertainty["temperature"], "aurc": uncertainty["selective"]["test"]["aurc"]}
+    record.update({key: calibration[name]["ece"] for key, name in ECE_KEYS.items() if name in calibration})
+    return record
+
+
+def reproduce_command(row: dict, seed: int, args: argparse.Namespace) -> str:
+    """The one command that repeats this record (same row, seed, device and overrides)."""
+    command = ["python", "benchmarks/accuracy.py", "--rows", row["id"], "--seeds", str(seed),
+               "--mc-samples", str(args.mc_samples)]
+    for option in ("accelerator", "devices", "threads"):
+        if getattr(args, option):
+            command += [f"--{option}", str(getattr(args, option))]
+    if args.set:
+        command += ["--set", *args.set]
+    return "DUALFUSE_DATA=../shared/data " + shlex.join(command)
+
+
+def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
+    """Train and evaluate one row with one seed; return its record."""
+    from dualfuse.config import parse_run_args
+    from dualfuse.training.run import evaluate, train
+
+    run_dir = args.runs_dir / row["id"] / f"seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # scratch output of an earlier benchmark run of this row
+    argv = train_argv(row, seed, run_dir, args.accelerator, args.devices)
+    load = os.getloadavg()[0]  # a busy shared machine slows training: keep the evidence with the time
+    config, _ = parse_run_args([*argv, "--train.progress_bar", "false"])
+    trained = train(config)
+    started = time.perf_counter()
+    evaluated = evaluate(run_dir, mc_samples=args.mc_samples)
+    eval_seconds = time.perf_counter() - started
+    datasets = row["datasets"]
+    if None in datasets:
+        (task,) = trained["tasks"]
+        datasets = {task: datasets[None]}
+    device = _device(args.accelerator)
+    return {
+        "row": row["id"], "seed": seed, "suite": row["suite"], "model": row["model"],
+        **machine(device),
+        "img_size": config.data.img_size, "epochs": config.train.epochs,
+        "epochs_trained": trained["epochs_trained"], "train_seconds": trained["train_seconds"],
+        "eval_seconds": round(eval_seconds, 1), "mc_samples": args.mc_samples, "load_avg_at_start": round(load, 2),
+        "command": reproduce_command(row, seed, args),
+        "train_command": f"dualfuse train {shlex.join(argv)} && dualfuse evaluate {run_dir} "
+                         f"--mc-samples {args.mc_samples}",
+        "tasks": {task: task_record(task, dataset, trained, evaluated) for task, dataset in datasets.items()},
+    }
+
+
+def record_key(record: dict) -> tuple:
+    return record["row"], record["seed"], record["device"]
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def print_table(records: list[dict], title: str) -> None:
+    """Mean ± sd across seeds per row, task and device."""
+    from rich.console import Console
+    from rich.table import Table
+
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        for task, numbers in record["tasks"].items():
+            groups.setdefault((record["row"], task, record["device"]), []).append(numbers | {
+                "train_seconds": record["train_seconds"]})
+    table = Table(title=title)
+    for column in ("row", "task", "device", "seeds", "AUC", "ACC", "F1", "ECE", "ECE (T)", "AURC", "train s"):
+        table.add_column(column, justify="left" if column in ("row", "task", "device") else "right")
+    for (row, task, device), items in groups.items():
+        table.add_row(row, task, device, str(len(items)),
+                      *(_mean_sd([i[k]["value"] for i in items]) for k in HEADLINE),
+                      *(_mean_sd([i.get(k) for i in items]) for k in ("ece", "ece_temperature", "aurc")),
+                      _mean_sd([i["train_seconds"] for i in items], 0))
+    Console(width=max(Console().width, 140)).print(table)
+
+
+def claim(claim_dir: Path | None, row: dict, seed: int) -> bool:
+    """Take (row, seed) for this process; with a shared `claim_dir`, parallel lanes never run it twice."""
+    if claim_dir is None:
+        return True
+    claim_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claim_dir / f"{row['id']}-seed{seed}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
+    parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
+    parser.add_argument("--models", nargs="+", help="only rows of these models (e.g. dcat resnet18)")
+    parser.add_argument("--suite", choices=("cpu", "paper"), help="only rows of this suite")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("benchmarks/results/runs"))
+    parser.add_argument("--accelerator", help="passed to train.accelerator (cpu, gpu, auto)")
+    parser.add_argument("--devices", help="passed to train.devices")
+    parser.add_argument("--mc-samples", type=int, default=30)
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="extra dotted overrides for every selected row (e.g. train.epochs=1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    parser.add_argument("--budget-s", type=float, help="start no new run after this many seconds")
+    parser.add_argument("--claim-dir", type=Path,
+                        help="a folder shared by parallel processes: each (row, seed) runs in the first to claim it")
+    parser.add_argument("--rows-file", type=Path, default=ROWS_FILE)
+    parser.add_argument("--list", action="store_true", help="print the selected runs and their train arguments, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        rows = select_rows(load_rows(args.rows_file), args.rows, args.datasets, args.models, args.suite)
+    except BenchmarkError as error:
+        print(f"accuracy.py: {error}", file=sys.stderr)
+        return 2
+    if not rows:
+        print("accuracy.py: no row matches the filters", file=sys.stderr)
+        return 2
+    extra = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(extra) != len(args.set):
+        print(f"accuracy.py: --set takes KEY=VALUE, got {args.set}", file=sys.stderr)
+        return 2
+    rows = [row | {"overrides": {**row["overrides"], **extra}} for row in rows]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    # Seed-major, so a budget cut loses extra seeds before it loses rows.
+    items = [(seed, row) for seed in args.seeds for row in rows]
+    if args.list:
+        for seed, row in items:
+            print(row["id"], *train_argv(row, seed, args.runs_dir / row["id"] / f"seed{seed}", None, None))
+        return 0
+    started, failures, done = time.perf_counter(), 0, []
+    for seed, row in items:
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            print(f"accuracy.py: budget of {args.budget_s:.0f} s spent; skipping {row['id']} seed {seed}")
+            continue
+        if not claim(args.claim_dir, row, seed):
+            continue
+        print(f"== {row['id']} seed {seed}", flush=True)
+        try:
+            record = run_one(row, seed, args)
+        except Exception as error:  # one failed row must not lose the others
+            failures += 1
+            print(f"accuracy.py: {row['id']} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
+            continue
+        done.append(record)
+        data = read_json(args.out, {"records": []})
+        data["records"] = merge_records(data["records"], [record], record_key)
+        write_json(args.out, data)
+    if done:
+        print_table(done, f"accuracy benchmark ({len(done)} runs) -> {args.out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The benchmark docs generator and the accuracy row table (fast: no training, no torch in make_docs)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualfuse.config import parse_run_args
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metric(value, low=None, high=None):
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
+def _record(row, model, seed, dataset, auc, acc, ci=None, device="cpu"):
+    low, high = ci or (None, None)
+    return {
+        "row": row, "seed": seed, "suite": "cpu", "model": model, "device": device,
+        "device_name": "Test CPU, 2 cores", "torch": "2.x", "platform": "Linux", "img_size": 32, "epochs": 8,
+        "epochs_trained": 7, "train_seconds": 100.0 + seed, "eval_seconds": 5.0, "mc_samples": 30,
+        "command": f"python benchmarks/accuracy.py --rows {row} --seeds {seed}", "train_command": "dualfuse train",
+        "tasks": {"label": {"dataset": dataset, "n_test": 624, "auc": _metric(auc, low, high),
+                            "acc": _metric(acc, low, high), "f1": _metric(0.8), "mc": {"auc": auc},
+                            "temperature": 1.2, "aurc": 0.05, "ece": 0.08, "ece_temperature": 0.03}},
+    }
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    records = [
+        _record("pneumoniamnist-dcat", "dcat", 0, "pneumoniamnist", 0.970, 0.900),
+        _record("pneumoniamnist-dcat", "dcat", 1, "pneumoniamnist", 0.960, 0.880),
+        _record("breastmnist-resnet18", "resnet18", 0, "breastmnist", 0.890, 0.850, ci=(0.84, 0.93)),
+    ]
+    records[2]["data_note"] = "images re-encoded for transfer"
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
+    speed = {"machine": {"device_name": "Test CPU, 2 cores", "torch": "2.x"}, "command": "python benchmarks/speed.py",
+             "repeats": 5, "rows": [{"model": "dcat", "px": 64, "train_images_per_s": 12.5, "infer_images_per_s": 40.0,
+                                     "train_peak_mb": 300.0, "infer_peak_mb": None, "mc_fast_ratio": 1.25,
+                                     "mc_naive_ratio": 20.0, "forward_overhead": 1.1, "train_overhead": 1.2,
+                                     "mc_samples": 30}]}
+    (tmp_path / "speed_cpu.json").write_text(json.dumps(speed))
+    return tmp_path
+
+
+def test_make_docs_renders_rows_anchors_and_comparison(results: Path, tmp_path: Path):
+    make_docs = _load("make_docs")
+    out = tmp_path / "benchmarks.md"
+    assert make_docs.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    # Published anchors sit in the tables next to our rows.
+    assert "| *ResNet-18 @28 (published)* | – | – | – | – | *0.944* | *0.854* |" in text
+    assert "*Google AutoML Vision (published)*" in text and "*0.991*" in text and "*0.919*" in text
+    # Two seeds: mean ± sd; one seed: value with its CI.
+    assert "| dcat | CPU | 32 | 8 | 2 | 0.965 ± 0.007 | 0.890 ± 0.014 |" in text
+    assert "0.890 [0.840, 0.930]" in text
+    assert "0.080 → 0.030" in text
+    # Every run's command and machine are listed.
+    assert "`python benchmarks/accuracy.py --rows pneumoniamnist-dcat --seeds 1` — Test CPU, 2 cores" in text
+    assert "torch 2.x (note A)" in text and "Note A: images re-encoded for transfer" in text
+    # The comparison names what is beaten and what is not, from the numbers.
+    dcat_line = next(line for line in text.splitlines() if line.startswith("- **PneumoniaMNIST, dcat (CPU)"))
+    assert "does not beat Google AutoML Vision AUC (0.965 vs 0.991)" in dcat_line
+    assert "Beats ResNet-18 @28 AUC (0.965 vs 0.944)" in dcat_line
+    breast_line = next(line for line in text.splitlines() if line.startswith("- **BreastMNIST, resnet18 (CPU)"))
+    assert "ResNet-18 @28 AUC (0.890 vs 0.901), anchor inside our 95% CI" in breast_line
+    # Speed table, missing values as a dash.
+    assert "| dcat | 64 | 12.5 | 40.0 | 300 | – | 1.25 | 20.00 | 1.10 | 1.20 |" in text
+    # Idempotent: a second run writes the same bytes.
+    assert make_docs.main(["--results", str(results), "--out", str(out)]) == 0
+    assert out.read_text() == text
+
+
+def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
+    make_docs = _load("make_docs")
+    assert make_docs.main(["--results", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_accuracy_rows_reference_configs_that_parse(monkeypatch):
+    accuracy = _load("accuracy")
+    monkeypatch.setenv("DUALFUSE_DATA", "/nonexistent/data")  # parsing never touches the data
+    monkeypatch.chdir(BENCHMARKS.parent)
+    rows = accuracy.load_rows()
+    ids = {row["id"] for row in rows}
+    models = {row["model"].split()[0] for row in rows if row["suite"] == "cpu"}
+    assert {"dcat", "drifa_net", "resnet18", "efficientnet_b4", "concat_fusion"} <= models
+    for dataset in ("pneumoniamnist", "breastmnist", "brain_mri"):
+        assert {f"{dataset}-{m}" for m in ("dcat", "drifa_net", "resnet18", "efficientnet_b4", "concat_fusion")} <= ids
+    assert any(row["suite"] == "paper" for row in rows)
+    for row in rows:
+        for config in row["configs"]:
+            assert (BENCHMARKS.parent / config).is_file(), f"{row['id']}: {config} does not exist"
+        config, _ = parse_run_args(accuracy.train_argv(row, 0, Path("/tmp/run"), None, None))
+        assert config.train.seed == 0
+        expected_tasks = set(row["datasets"]) - {None}
+        if expected_tasks:  # multitask rows: zip sources must match the declared task -> dataset map
+            assert config.data.mode == "zip"
+            assert {f"{name}_label" for name in config.data.sources} == expected_tasks
+        else:
+            assert len(config.data.sources) == 1
+
+
+def test_accuracy_row_selection():
+    accuracy = _load("accuracy")
+    rows = accuracy.load_rows()
+    picked = accuracy.select_rows(rows, ids=["breastmnist-dcat", "pneumoniamnist-dcat"])
+    assert [r["id"] for r in picked] == ["breastmnist-dcat", "pneumoniamnist-dcat"]
+    brain = accuracy.select_rows(rows, datasets=["brain_mri"], suite="cpu")
+    assert {r["id"] for r in brain} >= {"brain_mri-dcat", "zip-drifa_net"}
+    assert all(r["suite"] == "cpu" for r in brain)
+    with pytest.raises(accuracy.BenchmarkError, match="unknown row"):
+        accuracy.select_rows(rows, ids=["nope"])
+
+
+def test_parallel_lanes_claim_each_run_once(tmp_path: Path):
+    accuracy = _load("accuracy")
+    row = {"id": "breastmnist-dcat"}
+    assert accuracy.claim(tmp_path / "claims", row, 0)
+    assert not accuracy.claim(tmp_path / "claims", row, 0)
+    assert accuracy.claim(tmp_path / "claims", row, 1)
+    assert accuracy.claim(None, row, 0)
