@@ -8,8 +8,8 @@
 #     in rows.yaml), one lane each, from scratch (pretrained weights need the internet).
 # Lanes start no new run after BUDGET_S seconds and are killed at HARD_S; every finished run is
 # already written, so a cut loses only runs in flight (seed-major order: extra seeds are cut first).
-# train.deterministic is off: CUDA has no deterministic backward for bilinear interpolation and
-# adaptive average pooling, which DCAT uses, so deterministic mode would stop those runs.
+# train.deterministic is off for speed: CUDA has no deterministic backward for bilinear interpolation
+# and adaptive average pooling (DCAT uses both), so the default "warn" would only warn there anyway.
 #
 #   DUALFUSE_DATA=/path/to/data OUT=/path/to/results [SEEDS="1 2" PAPER=0] [LANES=8] bash benchmarks/gpu.sh
 #   (then copy $OUT/accuracy_gpu_*.json to docs/results/ and run python benchmarks/make_docs.py)

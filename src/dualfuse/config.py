@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -106,7 +106,10 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     seed: int = 0
-    deterministic: bool = True
+    # "warn": deterministic algorithms wherever PyTorch has them (all of them on the CPU, so runs and
+    # resumes repeat exactly), a warning where CUDA has none (bilinear upsampling and adaptive pooling
+    # backward, which DCAT uses); true makes those an error, false allows faster non-deterministic kernels.
+    deterministic: Union[bool, Literal["warn"]] = "warn"
     limit_train_batches: Union[int, float] = 1.0
     progress_bar: bool = True
 

@@ -180,3 +180,17 @@ def test_report_of_a_folder_that_is_no_run_fails_with_one_line(tmp_path, capsys)
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a finished run folder: config.yaml is missing" in err and "\n" not in err
+
+
+def test_model_card_version_without_installed_package_metadata(monkeypatch):
+    """Run from a source tree (PYTHONPATH=src, as on a cluster node): the card still has a valid version."""
+    from importlib import metadata
+
+    from dualfuse.evaluation import model_card
+
+    def missing(package):
+        raise metadata.PackageNotFoundError(package)
+
+    monkeypatch.setattr(model_card.importlib_metadata, "version", missing)
+    assert model_card._version("dualfuse") == __import__("dualfuse").__version__
+    assert model_card._version("timm") == "not installed"
