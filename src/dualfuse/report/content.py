@@ -26,7 +26,8 @@ from dualfuse.explain.gradcam import class_activation_maps
 from dualfuse.explain.overlays import display_image, overlay, png_bytes
 from dualfuse.report import figures
 from dualfuse.training.checkpoints import load_model
-from dualfuse.training.run import UNCERTAINTY_FILE, default_device, has_patient_ids, split_metrics
+from dualfuse.training.run import (UNCERTAINTY_FILE, default_device, has_patient_ids, load_for_inference,
+                                  split_metrics)
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.selective import risk_coverage_curve
 
@@ -237,8 +238,7 @@ def collect_report(run_dir: str | Path, mc_samples: int | None = None, gallery_s
     model, spec = load_model(run_dir / "model")
     stored_file = run_dir / "model" / UNCERTAINTY_FILE
     stored_all = json.loads(stored_file.read_text()) if stored_file.is_file() else None
-    members = [model] + [load_model(Path(p) / "model" if (Path(p) / "model").is_dir() else Path(p),
-                                    expected_model=spec["model"]["name"])[0]
+    members = [model] + [load_for_inference(p, expected_model=spec["model"]["name"])[0]
                          for p in (stored_all or {}).get("ensemble", [])]
     samples = mc_samples if mc_samples is not None else (stored_all["mc_samples"] if stored_all else 30)
     device = device or default_device()

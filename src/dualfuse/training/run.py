@@ -246,12 +246,12 @@ def _model_path(path: Path) -> Path:
     return path / "model" if (path / "model" / "model.json").is_file() else path
 
 
-def load_for_inference(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_for_inference(checkpoint: str | Path, expected_model: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The model and its spec from a run folder, model folder, model.safetensors or a .ckpt."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    return load_model(_model_path(checkpoint))
+    return load_model(_model_path(checkpoint), expected_model=expected_model)
 
 
 UNCERTAINTY_FILE = "uncertainty.json"
@@ -288,7 +288,7 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     model, spec = load_model(_model_path(checkpoint), expected_model=config.model.name if config else None)
-    members = [model] + [load_model(_model_path(Path(p)), expected_model=spec["model"]["name"])[0]
+    members = [model] + [load_for_inference(p, expected_model=spec["model"]["name"])[0]
                          for p in (ensemble or [])]
     if ensemble and not mc_samples:
         raise ValueError("--ensemble averages MC-dropout samples of every member: give --mc-samples too")
@@ -388,7 +388,7 @@ def predict(checkpoint: str | Path, inputs: list[str], output: str | Path, split
     stored = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
     members = [model]
     if stored:
-        members += [load_model(_model_path(Path(p)), expected_model=spec["model"]["name"])[0]
+        members += [load_for_inference(p, expected_model=spec["model"]["name"])[0]
                     for p in stored["ensemble"]]
     samples = mc_samples if mc_samples is not None else (stored["mc_samples"] if stored else 0)
     batch_size = batch_size or (stored.get("batch_size") if stored else None) or 64
