@@ -19,6 +19,7 @@ run: install
 	$(BIN)/dualfuse train --config configs/quickstart.yaml
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install

@@ -6,7 +6,7 @@ AURC and training time, with the machine and the one command that reproduces the
         --out docs/results/accuracy_cpu.json
 
 Records are merged into --out by (row, seed, device), so a matrix can be run in pieces. Runs go
-through the public API (`dualfuse.training.run.train`, then `evaluate` with MC samples), exactly
+through the public API (`dualfuse.api.train`, then `evaluate` with MC samples), exactly
 what `dualfuse train` and `dualfuse evaluate --mc-samples` do; each record also names those commands.
 """
 from __future__ import annotations
@@ -118,8 +118,8 @@ def reproduce_command(row: dict, seed: int, args: argparse.Namespace) -> str:
 
 def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     """Train and evaluate one row with one seed; return its record."""
+    from dualfuse.api import evaluate, train
     from dualfuse.config import parse_run_args
-    from dualfuse.training.run import evaluate, train
 
     run_dir = args.runs_dir / row["id"] / f"seed{seed}"
     if run_dir.exists():

@@ -72,8 +72,8 @@ def measure_model(config_id: str, config: dict, img_size: int, batch_size: int, 
     for step in range(warmup + repeats):
         sample = {
             "one": _timed(lambda: _one_pass(model, inputs)),
-            "fast": _timed(lambda: mc_sample_fast(model, inputs, samples, chunk=chunk, seed=step)),
-            "naive": _timed(lambda: mc_sample_naive(model, inputs, samples, seed=step)),
+            "fast": _timed(lambda step=step: mc_sample_fast(model, inputs, samples, chunk=chunk, seed=step)),
+            "naive": _timed(lambda step=step: mc_sample_naive(model, inputs, samples, seed=step)),
         }
         if step >= warmup:
             for key, value in sample.items():

@@ -85,10 +85,8 @@ def peak_memory(config: dict, img_size: int, batch_size: int) -> dict:
         model.train()
         model_cost._scalar(model(inputs)).backward()
 
-    result = {"infer_peak_mb": _peak_rss_mb(infer, baseline), "train_peak_mb": _peak_rss_mb(train, baseline)}
-    del model, inputs
-    _release_memory()
-    return result
+    # The model is freed when this returns; the next measurement starts with `_release_memory()`.
+    return {"infer_peak_mb": _peak_rss_mb(infer, baseline), "train_peak_mb": _peak_rss_mb(train, baseline)}
 
 
 def measure(name: str, img_size: int, batch_size: int, mc_batch: int, repeats: int, warmup: int,

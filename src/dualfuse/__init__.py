@@ -1,5 +1,21 @@
-"""dualfuse: DCAT and DRIFA-Net fusion models for medical image classification, with uncertainty."""
-from dualfuse.models.registry import create_model, list_models, model_entrypoint
+"""dualfuse: DCAT and DRIFA-Net fusion models for medical image classification, with uncertainty.
 
-__all__ = ["create_model", "list_models", "model_entrypoint"]
-__version__ = "0.1.0"
+create_model, list_models     build a registered model (timm style)
+load_model(path)              a trained model from a run folder, model folder or weights file
+ModelSpec, RunFolder          the typed model spec and the run-folder layout
+train, evaluate, predict, explain, report     the workflows (see `dualfuse.api`)
+"""
+from dualfuse.api import LoadedModel, RunFolder, load_model
+from dualfuse.models import ModelSpec, create_model, list_models, model_entrypoint
+from dualfuse.version import __version__
+
+__all__ = ["LoadedModel", "ModelSpec", "RunFolder", "__version__", "create_model", "evaluate", "explain",
+           "list_models", "load_model", "model_entrypoint", "predict", "report", "train"]
+
+
+def __getattr__(name: str):
+    if name in ("train", "evaluate", "predict", "explain", "report"):
+        import dualfuse.api
+
+        return getattr(dualfuse.api, name)
+    raise AttributeError(f"module 'dualfuse' has no attribute {name!r}")

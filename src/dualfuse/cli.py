@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -35,12 +36,28 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from dualfuse.data.check import check_source, render_report
+    from rich.console import Console
+
+    from dualfuse.data.check import check_source, check_summary, check_tables
 
     report = check_source(
         args.source, args.format, args.near_threshold, args.workers, modalities=args.modalities, tasks=args.tasks
@@ -48,11 +65,18 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(json.dumps(report.to_dict(), indent=1))
     else:
-        render_report(report)
+        console = Console()
+        console.print(check_summary(report))
+        for table in check_tables(report):
+            console.print(table)
         if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(report.to_dict(), handle, indent=1)
-    problems = report.problems(args.allow_leakage, args.allow_unreadable, args.fail_on_near)
+            try:
+                with open(args.json, "w") as handle:
+                    json.dump(report.to_dict(), handle, indent=1)
+            except OSError as error:
+                raise ValueError(f"--json {args.json}: cannot write ({error.strerror or type(error).__name__})") from None
+    problems = report.problems(args.allow_leakage, args.allow_unreadable, args.fail_on_near,
+                               args.allow_label_conflicts, args.allow_rare_classes)
     for problem in problems:
         print(f"dualfuse data check: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -85,12 +109,15 @@ def _train_argv(argv: list[str]) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dualfuse.api import train
     from dualfuse.config import parse_run_args
-    from dualfuse.training.run import train
 
     config, resume = parse_run_args(_train_argv(list(args.args)))
     summary = train(config, resume=resume)
-    if summary is None:
+    if summary is None:  # another DDP rank: rank zero prints
+        return 0
+    if summary.get("interrupted"):
+        print(f"training interrupted; continue with: dualfuse train --output {summary['run_dir']} --resume")
         return 0
     _print_metrics(summary, f"{summary['model']}: best checkpoint, {summary['epochs_trained']} epochs, "
                             f"{summary['train_seconds']:.0f} s")
@@ -125,8 +152,8 @@ def _print_uncertainty(summary: dict) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dualfuse.api import evaluate
     from dualfuse.config import load_run_config
-    from dualfuse.training.run import evaluate
 
     config = load_run_config(args.config) if args.config else None
     summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
@@ -140,16 +167,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dualfuse.training.run import predict
+    from dualfuse.api import predict
 
     frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size,
-                    mc_samples=args.mc_samples)
-    print(f"wrote {len(frame)} predictions to {args.output}")
+                    mc_samples=args.mc_samples, skip_bad=args.skip_bad)
+    skipped = frame.attrs.get("skipped", 0)
+    print(f"wrote {len(frame) - skipped} predictions to {args.output}"
+          + (f"; {skipped} unreadable input(s) listed there with their reason (column 'error')" if skipped else ""))
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from dualfuse.explain.overlays import explain
+    from dualfuse.api import explain
 
     frame = explain(args.checkpoint, args.inputs, args.output, method=args.method, target_class=args.target_class,
                     task=args.task, batch_size=args.batch_size)
@@ -158,9 +187,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from dualfuse.report.html import write_report
+    from dualfuse.api import report
 
-    path = write_report(args.run_dir, mc_samples=args.mc_samples, gallery_size=args.gallery, cam_method=args.method,
+    path = report(args.run_dir, mc_samples=args.mc_samples, gallery_size=args.gallery, cam_method=args.method,
                         redact=args.redact, max_tsne_points=args.tsne_points)
     print(f"wrote {path} (figures in {path.parent / 'report'}, model card in {path.parent / 'model' / 'metadata.json'})")
     return 0
@@ -208,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image/DICOM/NIfTI files, folders, one CSV manifest or one .npz")
     predict.add_argument("--output", required=True, help="CSV file to write")
     predict.add_argument("--split", help="for an .npz: the split to predict (default: all)")
-    predict.add_argument("--batch-size", type=int, default=None,
+    predict.add_argument("--batch-size", type=_positive, default=None,
                          help="default: the calibration's batch size (reproduces evaluate's MC samples), else 64")
-    predict.add_argument("--mc-samples", type=int, default=None, metavar="T",
+    predict.add_argument("--mc-samples", type=_non_negative, default=None, metavar="T",
                          help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 0)")
+    predict.add_argument("--skip-bad", action="store_true",
+                         help="predict the readable inputs and list each unreadable one with its reason "
+                         "(column 'error') instead of stopping at the first")
     predict.set_defaults(handler=_cmd_predict)
 
     from dualfuse.explain import CAM_METHOD_NAMES
@@ -223,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="gradcam", choices=CAM_METHOD_NAMES, help="CAM method (default gradcam)")
     explain.add_argument("--class", dest="target_class", help="class to explain (default: each case's predicted class)")
     explain.add_argument("--task", help="task to explain (default: the model's first)")
-    explain.add_argument("--batch-size", type=int, default=16, help="cases per batch (default 16)")
+    explain.add_argument("--batch-size", type=_positive, default=16, help="cases per batch (default 16)")
     explain.set_defaults(handler=_cmd_explain)
 
     report = commands.add_parser("report", help="self-contained HTML report of a run, for clinicians")
@@ -240,21 +272,32 @@ def build_parser() -> argparse.ArgumentParser:
     # `dualfuse data ...` commands are added below by the data layer.
     data = commands.add_parser("data", help="inspect datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    from dualfuse.config import SOURCE_FORMATS
+
     check = data_commands.add_parser(
         "check",
-        help="counts, sizes, unreadable files, exact/near duplicates and patient overlap",
-        description="Exit status 1 on leakage across splits (exact duplicates, shared patients) or unreadable "
-        "images unless allowed; near duplicates across splits are reported, and fatal only with --fail-on-near.",
+        help="counts, sizes, unreadable files, exact/near duplicates, label conflicts and patient overlap",
+        description="Reads SOURCE exactly as `train` reads a configured source. Exit status: 0 clean; 1 on a "
+        "finding unless allowed: leakage across splits (exact duplicates, shared patients), unreadable images "
+        "(undecodable, too large, broken symlinks), identical images with conflicting labels, rare classes "
+        "(under 1% of cases and fewer than 3: a stray label?), and near duplicates across splits with "
+        "--fail-on-near; 2 when SOURCE cannot be read at all (one line naming the file or folder: missing, "
+        "unlistable folder, manifest without its label column, no rows, duplicate case ids, a missing label).",
     )
     check.add_argument("source", help="image folder, MedMNIST .npz or CSV manifest")
-    check.add_argument("--format", choices=("folder", "npz", "manifest"), help="source format (default: detect)")
+    check.add_argument("--format", choices=SOURCE_FORMATS, help="source format (default: detect from SOURCE)")
     check.add_argument("--json", metavar="FILE", help="also write the full report as JSON ('-': print JSON only)")
     check.add_argument("--modalities", type=_names, help="manifest image column(s), comma-separated (default: image)")
-    check.add_argument("--tasks", type=_names, help="manifest label column(s), comma-separated (default: label)")
+    check.add_argument("--tasks", type=_names,
+                       help="manifest label column(s), comma-separated (default: label; '' for an unlabelled manifest)")
     check.add_argument("--near-threshold", type=int, default=4, metavar="N", help="max phash Hamming distance (default 4)")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
     check.add_argument("--allow-leakage", action="store_true", help="exit 0 despite cross-split duplicates/patients")
     check.add_argument("--allow-unreadable", action="store_true", help="exit 0 despite unreadable images")
+    check.add_argument("--allow-label-conflicts", action="store_true",
+                       help="exit 0 despite identical images under different labels")
+    check.add_argument("--allow-rare-classes", action="store_true",
+                       help="exit 0 despite classes with under 1%% of cases and fewer than 3")
     check.add_argument("--fail-on-near", action="store_true", help="exit 1 on near duplicates across splits")
     check.set_defaults(handler=_cmd_data_check)
     return parser
@@ -272,11 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="train", args=argv[1:], handler=_cmd_train)
     else:
         args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+    # Warnings (skipped images, a mismatched calibration, ...) are findings for the user: one line each.
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"dualfuse {command}: warning: {message}\n"
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, OSError, KeyError) as error:  # one line naming the file or key, never a traceback
         message = " ".join(str(error).split())
-        print(f"dualfuse {args.command}: error: {message}", file=sys.stderr)
+        print(f"dualfuse {command}: error: {message}", file=sys.stderr)
         return 2
 
 

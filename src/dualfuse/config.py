@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type fail with one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -251,10 +252,27 @@ def validate(config: RunConfig) -> None:
         _choice(source.format, SOURCE_FORMATS, f"data.sources.{name}.format")
         if not source.path and not source.download:
             raise ConfigError(f"config: data.sources.{name}.path is empty")
+        for key in ("modalities", "tasks", "classes"):
+            values = getattr(source, key)
+            if values is not None and (not values or len(set(values)) != len(values)):
+                raise ConfigError(f"config: data.sources.{name}.{key} must be a non-empty list of distinct names, got {values}")
+        if source.channels is not None:
+            _choice(source.channels, (1, 3), f"data.sources.{name}.channels")
     if data.img_size < 8:
         raise ConfigError(f"config: data.img_size must be at least 8, got {data.img_size}")
-    if data.batch_size < 1:
-        raise ConfigError(f"config: data.batch_size must be positive, got {data.batch_size}")
+    _at_least(data.batch_size, 1, "data.batch_size")
+    _at_least(data.eval_batch_size, 1, "data.eval_batch_size")
+    _at_least(data.num_workers, 0, "data.num_workers")
+    _at_least(data.max_train_cases, 1, "data.max_train_cases")
+    _at_least(data.max_eval_cases, 1, "data.max_eval_cases")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(data, key)
+        if not 0 <= value < 1:
+            raise ConfigError(f"config: data.{key} must be in [0, 1), got {value}")
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(f"config: data.val_fraction + data.test_fraction must be below 1 (something must be left to "
+                          f"train on), got {data.val_fraction} + {data.test_fraction}")
+    _choice(data.zip_length, ("min", "max"), "data.zip_length")
     _choice(train.optimizer, ("adamw", "adam"), "train.optimizer")
     _choice(train.scheduler, ("cosine", "plateau", "none"), "train.scheduler")
     _choice(train.monitor_mode, ("min", "max"), "train.monitor_mode")
@@ -262,8 +280,44 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"config: train.epochs must be at least 1, got {train.epochs}")
     if train.lr <= 0:
         raise ConfigError(f"config: train.lr must be positive, got {train.lr}")
+    _positive(train.backbone_lr, "train.backbone_lr")
+    _positive(train.grad_clip, "train.grad_clip")
+    _at_least(train.weight_decay, 0, "train.weight_decay")
+    _at_least(train.warmup_epochs, 0, "train.warmup_epochs")
+    _at_least(train.min_lr, 0, "train.min_lr")
+    _at_least(train.plateau_patience, 0, "train.plateau_patience")
+    _at_least(train.early_stopping_patience, 0, "train.early_stopping_patience")
+    _at_least(train.num_nodes, 1, "train.num_nodes")
+    if not 0 < train.plateau_factor < 1:
+        raise ConfigError(f"config: train.plateau_factor must be in (0, 1), got {train.plateau_factor}")
+    if not 0 <= train.label_smoothing < 1:
+        raise ConfigError(f"config: train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
+    for task, weight in (train.task_weights or {}).items():
+        _at_least(weight, 0, f"train.task_weights.{task}")
+    if isinstance(train.limit_train_batches, bool) or train.limit_train_batches <= 0 or (
+        isinstance(train.limit_train_batches, float) and train.limit_train_batches > 1
+    ):
+        raise ConfigError("config: train.limit_train_batches must be a fraction in (0, 1] or a number of batches >= 1, "
+                          f"got {train.limit_train_batches}")
+    _at_least(config.eval.n_bootstrap, 0, "eval.n_bootstrap")
     if not 0 < config.eval.confidence < 1:
         raise ConfigError(f"config: eval.confidence must be in (0, 1), got {config.eval.confidence}")
+    if len(set(config.eval.splits)) != len(config.eval.splits):
+        raise ConfigError(f"config: eval.splits lists a split twice: {config.eval.splits}")
+    for split in config.eval.splits:
+        _choice(split, ("train", "val", "test"), "eval.splits")
+
+
+def _at_least(value: float | None, low: float, key: str) -> None:
+    """`value` (when set) is a finite number >= `low`; else one line naming `key`."""
+    if value is not None and not (math.isfinite(value) and value >= low):
+        raise ConfigError(f"config: {key} must be at least {low}, got {value}")
+
+
+def _positive(value: float | None, key: str) -> None:
+    """`value` (when set) is a finite number > 0; else one line naming `key`."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"config: {key} must be positive, got {value}")
 
 
 _ENV_PATTERN = re.compile(r"\$\{(\w+)\}|\$(\w+)")

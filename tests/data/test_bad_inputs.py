@@ -1,18 +1,29 @@
 """A generated corpus of bad inputs: each must raise one `DataError` line naming file and problem."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from bad_files import class_folders, deny_listing, fake_bomb_png, good_png, manifest, rt_dose, two_frame_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dualfuse.data.base import DataError
-from dualfuse.data.sources import DicomDataset, ImageFolderDataset, ManifestDataset, MedMNISTDataset, NiftiDataset, read_dicom, read_pil
+from dualfuse.data.sources import (
+    DicomDataset,
+    ImageFolderDataset,
+    ManifestDataset,
+    MedMNISTDataset,
+    NiftiDataset,
+    read_dicom,
+    read_pil,
+)
 from dualfuse.data.sources.manifest import read_npy
 
 
@@ -24,12 +35,6 @@ def expect(call, where, problem):
     assert "\n" not in message
     assert re.match(re.escape(f"{where}: ") + problem, message), message
     return message
-
-
-def good_png(path: Path, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16), dtype=np.uint8)).save(path)
-    return path
 
 
 def save_nifti(path: Path, array: np.ndarray) -> Path:
@@ -252,3 +257,269 @@ def test_skip_bad_manifest_lists_rows(manifest_dir):
     assert [r.case_id for r in ds.records] == ["c1", "c5"]
     assert [where for where, _ in ds.skipped] == [f"{path} line {n}" for n in (3, 4, 5)]
     assert all("(case c" in reason for _, reason in ds.skipped)
+
+
+# --- one table of bad inputs, each with its one line (issue 17) -------------------------------------
+# Every row builds its bad input in tmp_path and names the command that reads it, the exit status
+# and the line the user sees (a regex). Exit 2: the input cannot be read at all (one line on stderr);
+# exit 1: `data check` reports a finding. No row may print a traceback.
+def build_bomb(tmp_path, monkeypatch):
+    fake_bomb_png(class_folders(tmp_path / "root") / "a" / "huge.png")
+    return [tmp_path / "root"]
+
+
+def build_bomb_warning(tmp_path, monkeypatch):
+    """Over MAX_IMAGE_PIXELS but under twice it: PIL only warns (and would decode it)."""
+    root = class_folders(tmp_path / "root")
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (40, 40), dtype=np.uint8)).save(root / "b" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 16x16 images pass, 40x40 = 1600 does not
+    return [root]
+
+
+@pytest.fixture
+def restore_permissions(tmp_path):
+    yield
+    for path in tmp_path.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+
+
+def build_unlistable(tmp_path, monkeypatch):
+    root = class_folders(tmp_path / "root")
+    deny_listing(root / "b", monkeypatch)
+    return [root]
+
+
+def build_broken_symlink(tmp_path, monkeypatch):
+    root = class_folders(tmp_path / "root")
+    (root / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    return [root]
+
+
+def build_label_conflict(tmp_path, monkeypatch):
+    root = class_folders(tmp_path / "root")
+    shutil.copy(root / "a" / "0.png", root / "b" / "copy_of_a0.png")
+    return [root]
+
+
+def build_no_label_column(tmp_path, monkeypatch):
+    return [manifest(tmp_path, "c1,img/0.png\nc2,img/1.png\n", header="case_id,image")]
+
+
+def build_header_only(tmp_path, monkeypatch):
+    return [manifest(tmp_path, "")]
+
+
+def build_duplicate_ids(tmp_path, monkeypatch):
+    return [manifest(tmp_path, "c1,img/0.png,0\nc1,img/1.png,1\nc2,img/2.png,1\n")]
+
+
+def build_nan_label(tmp_path, monkeypatch):
+    return [manifest(tmp_path, "c1,img/0.png,0\nc2,img/1.png,nan\nc3,img/2.png,1\n")]
+
+
+def build_stray_label(tmp_path, monkeypatch):
+    good_png(tmp_path / "img" / "stray.png", 77)
+    rows = "".join(f"c{i},img/{i % 6}.png,{i % 6 % 2}\n" for i in range(200)) + "c200,img/stray.png,7\n"
+    return [manifest(tmp_path, rows)]
+
+
+def build_latin1_csv(tmp_path, monkeypatch):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("case_id,image,label\nc1,r\xe9sum\xe9.png,0\n".encode("latin-1"))
+    return [path]
+
+
+def build_binary_csv(tmp_path, monkeypatch):
+    path = tmp_path / "binary.csv"
+    path.write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 512, dtype=np.uint8)))
+    return [path]
+
+
+DATA_CHECK_CASES = [
+    # id, builder, extra arguments, exit status, line (regex) on stderr or in the report
+    ("decompression bomb", build_bomb, [], 1, r"huge\.png: image too large \(400000000 pixels, over PIL's decompression-bomb limit"),
+    ("decompression bomb, allowed", build_bomb, ["--allow-unreadable"], 0, r"huge\.png: image too large"),
+    ("decompression bomb warning", build_bomb_warning, [], 1, r"big\.png: image too large \(40x40 pixels"),
+    ("class folder without read permission", build_unlistable, [], 2, r"error: .*root/b: cannot list folder \(Permission denied\)"),
+    ("broken symlink", build_broken_symlink, [], 1, r"gone\.png: broken symlink"),
+    ("identical images under two labels", build_label_conflict, [], 1, r"1 exact-duplicate group\(s\) have conflicting labels"),
+    ("identical images under two labels, allowed", build_label_conflict, ["--allow-label-conflicts"], 0, r"conflicting labels: a/0 = b/copy_of_a0 \(a / b\)"),
+    ("manifest without the label column", build_no_label_column, [], 2, r"m\.csv: missing column\(s\) \['label'\]"),
+    ("header-only manifest", build_header_only, [], 2, r"m\.csv: no cases \(a header line but no rows\)"),
+    ("duplicate case ids", build_duplicate_ids, [], 2, r"m\.csv: duplicate case id\(s\) in column 'case_id': 'c1' \(lines 2, 3\)"),
+    ("nan label", build_nan_label, [], 1, r"m\.csv line 3 \(case c2\) field 'label': missing label 'nan'"),
+    ("stray label 7 among 0/1", build_stray_label, [], 1, r"rare class\(es\), a stray label\?: label '2' \(0 of 201\), .*"),
+    ("stray label, allowed", build_stray_label, ["--allow-rare-classes"], 0, r"label '7': 1 of 201"),
+    ("latin-1 CSV", build_latin1_csv, [], 2, r"latin1\.csv: unreadable CSV: not UTF-8 text \(found byte 0xe9\); save it as UTF-8"),
+    ("binary file named .csv", build_binary_csv, [], 2, r"binary\.csv: unreadable CSV"),
+]
+
+
+@pytest.mark.usefixtures("restore_permissions")
+@pytest.mark.parametrize("build, extra, status, line", [row[1:] for row in DATA_CHECK_CASES], ids=[row[0] for row in DATA_CHECK_CASES])
+def test_data_check_bad_input_table(build, extra, status, line, tmp_path, monkeypatch, capsys):
+    from dualfuse.cli import main
+
+    (source,) = build(tmp_path, monkeypatch)
+    report = tmp_path / "report.json"
+    code = main(["data", "check", str(source), "--workers", "1", "--json", str(report), *extra])
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    assert code == status, printed.err
+    if status == 2:
+        assert printed.err.count("\n") == 1, printed.err  # one line, naming the file or folder
+        assert re.search(line, printed.err), printed.err
+    else:
+        found = printed.err + "\n".join(u["reason"] for u in json.loads(report.read_text())["unreadable"])
+        found += "\n" + "\n".join(f"{r['task']} {r['class']!r}: {r['count']} of {r['total']}" for r in json.loads(report.read_text())["rare_classes"])
+        found += "\n" + "\n".join(f"conflicting labels: {' = '.join(g['images'])} ({' / '.join(g['classes'])})"
+                                 for g in json.loads(report.read_text())["exact_duplicates"] if g["label_conflict"])
+        assert re.search(line, found), found
+
+
+def test_suffix_twins_stay_two_cases(tmp_path):
+    """`x.png` and `x.jpg` in one class folder: both keep their suffix; every other id is unchanged."""
+    root = class_folders(tmp_path / "root")
+    good_png(root / "a" / "twin.png", 50)
+    Image.fromarray(np.random.default_rng(51).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "a" / "twin.jpg")
+    ids = [r.case_id for r in ImageFolderDataset(root).records]
+    assert len(ids) == len(set(ids)) == 10
+    assert {"a/twin.png", "a/twin.jpg", "a/0", "b/3"} <= set(ids)
+
+
+# --- the same inputs through train's data module and predict's opener --------------------------------
+def source_config(path: Path, **kwargs):
+    from dualfuse.config import DataConfig, SourceConfig
+
+    fmt = "manifest" if path.suffix == ".csv" else "folder"
+    return DataConfig(sources={"x": SourceConfig(format=fmt, path=str(path), **kwargs)}, num_workers=0)
+
+
+def build_single_image_class(tmp_path, monkeypatch):
+    root = class_folders(tmp_path / "root", per_class=30)
+    good_png(root / "c" / "only.png", 999)
+    return [root]
+
+
+TRAIN_CASES = [
+    ("decompression bomb", build_bomb, {}, r"huge\.png: image too large"),
+    ("class folder without read permission", build_unlistable, {}, r"root/b: cannot list folder \(Permission denied\)"),
+    ("broken symlink", build_broken_symlink, {}, r"gone\.png: broken symlink"),
+    ("manifest without the label column", build_no_label_column, {}, r"m\.csv: missing column\(s\) \['label'\]"),
+    ("nan label", build_nan_label, {}, r"m\.csv line 3 \(case c2\) field 'label': missing label 'nan'"),
+    ("stray label 7, no classes configured", build_stray_label, {},
+     r"data\.sources\.x: rare class\(es\) label '2' \(0 of 201 cases\), .*a stray label\? .*data\.sources\.x\.classes"),
+    ("stray label 7, classes configured", build_stray_label, {"classes": ["0", "1"]},
+     r"m\.csv line 202 \(case c200\) field 'label': label '7' not in classes \['0', '1'\]"),
+    ("class with a single image", build_single_image_class, {},
+     r"data\.sources\.x: class 'c': only 1 case\(s\), but carving train/val/test puts it in 3 splits"),
+    ("latin-1 CSV", build_latin1_csv, {}, r"latin1\.csv: unreadable CSV: not UTF-8 text"),
+]
+
+
+@pytest.mark.usefixtures("restore_permissions")
+@pytest.mark.parametrize("build, source_kwargs, line", [row[1:] for row in TRAIN_CASES], ids=[row[0] for row in TRAIN_CASES])
+def test_train_data_bad_input_table(build, source_kwargs, line, tmp_path, monkeypatch):
+    from dualfuse.data.datamodule import ClassificationDataModule
+
+    (source,) = build(tmp_path, monkeypatch)
+    with pytest.raises(DataError) as error:
+        ClassificationDataModule(source_config(source, **source_kwargs), seed=0).setup()
+    assert "\n" not in str(error.value) and re.search(line, str(error.value)), str(error.value)
+
+
+def test_train_skip_bad_skips_and_lists(tmp_path):
+    """`data.skip_bad: true` reaches the source: a bomb, a truncated and a broken-link file are
+    dropped, listed in `skipped` and summed up in one warning; training sees only good cases."""
+    from dualfuse.data.datamodule import ClassificationDataModule
+
+    root = class_folders(tmp_path / "root", per_class=10)
+    fake_bomb_png(root / "a" / "huge.png")
+    whole = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (root / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    config = source_config(root)
+    config.skip_bad = True
+    with pytest.warns(UserWarning, match=r"^data\.sources\.x: skipped 3 bad case\(s\) \(data\.skip_bad\)") as caught:
+        data = ClassificationDataModule(config, seed=0)
+    assert len(caught) == 1
+    assert sorted(Path(p).name for p, _ in data.skipped["x"]) == ["cut.png", "gone.png", "huge.png"]
+    data.setup()
+    assert sum(len(data.datasets[s]) for s in ("train", "val", "test")) == 20
+
+
+# --- predict / explain inputs ------------------------------------------------------------------------
+def test_open_inputs_bad_files_one_line_each(tmp_path, monkeypatch):
+    from dualfuse.data.open import open_inputs
+
+    cases = {
+        "2-frame DICOM": (two_frame_dicom(tmp_path / "two.dcm"), r"two\.dcm: multi-frame image \(2 frames\); expected one 2D image"),
+        "RT dose": (rt_dose(tmp_path / "dose.dcm"),
+                    r"dose\.dcm: not an image \(SOP class RT Dose Storage, modality RTDOSE\); expected a 2D image"),
+        "decompression bomb": (fake_bomb_png(tmp_path / "huge.png"), r"huge\.png: image too large"),
+        "latin-1 CSV": (build_latin1_csv(tmp_path, monkeypatch)[0], r"latin1\.csv: unreadable CSV"),
+    }
+    header = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    private = {str(header.get(tag)) for tag in ("PatientName", "PatientID", "StudyDate", "InstitutionName") if header.get(tag)}
+    for name, (path, line) in cases.items():
+        with pytest.raises(DataError) as error:
+            dataset = open_inputs([str(path)], ["image"])
+            dataset[0]
+        message = str(error.value)
+        assert "\n" not in message and re.search(line, message), (name, message)
+        assert not [value for value in private if value in message], (name, message)  # DICOM privacy
+
+
+def test_open_inputs_several_modalities_need_a_manifest(tmp_path):
+    from dualfuse.data.open import open_inputs
+
+    with pytest.raises(ValueError, match=r"^this model takes 2 modalities \['ct', 'mri'\]: give a CSV manifest with one column per modality$"):
+        open_inputs([str(good_png(tmp_path / "a.png"))], ["ct", "mri"])
+
+
+def test_open_inputs_skip_bad_lists_and_keeps_the_rest(tmp_path):
+    from dualfuse.data.open import open_inputs
+
+    folder = tmp_path / "scans"
+    for k in range(3):
+        good_png(folder / f"{k}.png", k)
+    fake_bomb_png(folder / "huge.png")
+    two_frame_dicom(folder / "two.dcm")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError):
+        open_inputs([str(folder)], ["image"])[0]  # the first bad file, without skip_bad
+    dataset = open_inputs([str(folder)], ["image"], skip_bad=True)
+    assert [r.case_id for r in dataset.records] == ["0.png", "1.png", "2.png"]
+    assert sorted(Path(p).name for p, _ in dataset.skipped) == ["gone.png", "huge.png", "two.dcm"]
+
+
+def test_open_inputs_ids_are_relative_and_patient_ids_empty(tmp_path, data_root):
+    """Paths can identify patients: no absolute path becomes an id, no path a patient id."""
+    from dualfuse.data.open import open_inputs
+
+    folder = tmp_path / "ward 7" / "scans"
+    good_png(folder / "sub" / "a.png", 1)
+    good_png(folder / "b.png", 2)
+    single = good_png(tmp_path / "elsewhere" / "c.png", 3)
+    dataset = open_inputs([str(folder), str(single)], ["image"])
+    assert [r.case_id for r in dataset.records] == ["b.png", "sub/a.png", "c.png"]
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert [s["patient_id"] for s in samples] == ["", "", ""]
+    assert not any(str(tmp_path) in s["case_id"] + s["patient_id"] for s in samples)
+    npz = open_inputs([str(data_root / "medmnist" / "breastmnist.npz")], ["image"], split="val")
+    assert npz[0]["patient_id"] == "" and "label" not in npz[0] and npz.classes == {}
+    good_png(tmp_path / "other" / "b.png", 4)
+    with pytest.raises(DataError, match=r"other/b\.png: case id 'b\.png' is also the id of .*scans/b\.png"):
+        open_inputs([str(folder), str(tmp_path / "other")], ["image"])
+
+
+@pytest.mark.usefixtures("restore_permissions")
+def test_open_inputs_unlistable_folder_is_one_line(tmp_path, monkeypatch):
+    from dualfuse.data.open import open_inputs
+
+    good_png(tmp_path / "scans" / "a.png", 1)
+    good_png(tmp_path / "scans" / "locked" / "b.png", 2)
+    deny_listing(tmp_path / "scans" / "locked", monkeypatch)
+    with pytest.raises(DataError, match=r"scans/locked: cannot list folder \(Permission denied\)$"):
+        open_inputs([str(tmp_path / "scans")], ["image"])

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from dualfuse.cli import main
 from dualfuse.data.base import CaseDataset, CaseRecord, ImageRef
-from dualfuse.data.check import check_dataset, check_source, near_duplicate_pairs, render_report
+from dualfuse.data.check import check_dataset, check_source, check_summary, check_tables, near_duplicate_pairs
 
 
 def _noise(path, seed, size=(48, 40)):
@@ -75,8 +75,11 @@ def test_allow_flags_and_fail_on_near(planted, capsys):
 
 
 def test_rich_rendering_lists_findings(planted):
+    report = check_source(planted)
     console = Console(file=io.StringIO(), width=250)
-    render_report(check_source(planted), console=console)
+    console.print(check_summary(report))
+    for table in check_tables(report):  # pure: the tables are built here and printed by the caller
+        console.print(table)
     text = console.file.getvalue()
     for expected in ("cases per split and class", "exact-duplicate groups, across splits", "test/a/exact_copy", "broken.png"):
         assert expected in text
@@ -181,4 +184,6 @@ def test_breastmnist_npz_cross_split_duplicate(data_root):
     assert report.modes == {"L": 780} and report.sizes == {"28x28": 780}
     cross = report.cross_split_exact
     assert len(cross) == 1 and cross[0]["label_conflict"]  # same pixels, different labels, train vs test
-    assert report.problems() == ["1 exact-duplicate group(s) span more than one split"]
+    assert report.problems() == ["1 exact-duplicate group(s) span more than one split",
+                                 "1 exact-duplicate group(s) have conflicting labels"]
+    assert report.problems(allow_leakage=True, allow_label_conflicts=True) == []

@@ -322,18 +322,28 @@ def test_dicom_records_carry_no_patient_identifiers(tmp_path):
     assert not [value for value in identifiers if value in str(error.value)]
 
 
-def test_dicom_multiframe_each_frame_or_one():
-    path = get_testdata_file("rtdose.dcm")
+def _multiframe_image(tmp_path):
+    """pydicom's 15-frame RT dose grid relabelled as a multi-frame secondary-capture image (an RT
+    dose itself is refused: it is not an image)."""
+    ds = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # multi-frame grey word SC
+    ds.Modality = "OT"
+    ds.save_as(tmp_path / "stack.dcm")
+    return tmp_path / "stack.dcm"
+
+
+def test_dicom_multiframe_each_frame_or_one(tmp_path):
+    path = _multiframe_image(tmp_path)
     frames = pydicom.dcmread(path).pixel_array
     every = DicomDataset(path, window="minmax")
     assert len(every) == frames.shape[0] == 15
-    assert every.records[3].case_id == "rtdose#3" and every.records[3].patient_id == "rtdose"
+    assert every.records[3].case_id == "stack#3" and every.records[3].patient_id == "stack"
     third = every[3]["image"][0].numpy()
     expected = frames[3].astype(np.float64)
     np.testing.assert_allclose(third, (expected - expected.min()) / (expected.max() - expected.min()), atol=1e-6)
     one = DicomDataset(path, frames=5, window="minmax")
     assert len(one) == 1 and one[0]["image"].equal(every[5]["image"])
-    with pytest.raises(DataError, match="rtdose.dcm: frame 99 out of range"):
+    with pytest.raises(DataError, match="stack.dcm: frame 99 out of range"):
         DicomDataset(path, frames=99)[0]
 
 

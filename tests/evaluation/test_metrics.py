@@ -275,3 +275,23 @@ def test_invalid_inputs_raise_clear_errors(kwargs, message):
     args = {"y_true": _Y, "probs": _P} | kwargs
     with pytest.raises(ValueError, match=re.escape(message)):
         classification_metrics(**args)
+
+
+def test_validation_is_public_and_shared_with_uncertainty():
+    """One set of checks (dualfuse.validation) gives the same one-line error in both layers."""
+    from dualfuse import validation
+    from dualfuse.uncertainty import brier_score
+
+    assert set(validation.__all__) == {"check_labels", "check_probs", "check_scores", "to_numpy"}
+    np.testing.assert_array_equal(validation.check_probs(_P), _P)
+    assert validation.check_labels(_Y.astype(float), 10, 3).dtype == np.int64
+    assert validation.check_scores([1, 0, 1], "confidence").dtype == np.float64
+    for bad_probs, message in [(np.log(_P), "not logits"), (_P * 0.5, "sum to 1"), (_P[:, :1], "C >= 2")]:
+        for check in (validation.check_probs, lambda p: classification_metrics(_Y, p, n_bootstrap=0),
+                      lambda p: brier_score(p, _Y)):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                check(bad_probs)
+    with pytest.raises(ValueError, match=re.escape("9 labels but probs has 10 rows")):
+        brier_score(_P, _Y[:9])
+    with pytest.raises(ValueError, match="confidence contains 1 NaN/inf"):
+        validation.check_scores(np.array([0.5, np.nan]))

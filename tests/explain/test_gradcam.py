@@ -7,7 +7,7 @@ import torch
 
 import dualfuse
 from dualfuse.explain.embeddings import fused_features, tsne_map
-from dualfuse.explain.gradcam import class_activation_maps, default_target_layers
+from dualfuse.explain.gradcam import class_activation_maps
 from dualfuse.explain.overlays import display_image, overlay, safe_name
 
 SMALL_DCAT = dict(embed_dim=32, num_heads=2)
@@ -26,9 +26,8 @@ MODELS = {  # id: (registry name, kwargs, expected map names)
 
 
 def _inputs(model, size: int, batch: int = 2):
-    if getattr(model, "modalities", None):
-        chans = model.in_chans if isinstance(model.in_chans, (list, tuple)) else [model.in_chans] * len(model.modalities)
-        return {m: torch.randn(batch, c, size, size) for m, c in zip(model.modalities, chans)}
+    if model.multi_input:
+        return {m: torch.randn(batch, c, size, size) for m, c in zip(model.modalities, model.in_chans)}
     return torch.randn(batch, model.in_chans, size, size)
 
 
@@ -50,12 +49,31 @@ def test_maps_have_input_size_are_finite_and_one_per_modality(model_id, size):
 
 def test_default_targets_are_the_documented_layers():
     dcat = dualfuse.create_model("dcat", **SMALL_DCAT)
-    assert default_target_layers(dcat)["image"] == [f.refine for f in dcat.fusions]
+    assert dcat.cam_target_layers() == {"image": [f.refine for f in dcat.fusions]}
     drifa = dualfuse.create_model("drifa_net", modalities=["a", "b"])
-    layers = default_target_layers(drifa)
+    layers = drifa.cam_target_layers()
+    assert list(layers) == ["a", "b"]
     assert layers["a"] == [drifa.branches[0].stages[-1]] and layers["b"] == [drifa.branches[1].stages[-1]]
     resnet = dualfuse.create_model("timm_classifier", backbone="resnet18")
-    assert default_target_layers(resnet)["image"] == [resnet.backbone.layer4]
+    assert resnet.cam_target_layers() == {"image": [resnet.backbone.layer4]}
+    effnet = dualfuse.create_model("timm_classifier", backbone="efficientnet_b0")
+    assert effnet.cam_target_layers() == {"image": [effnet.backbone.blocks[-1]]}
+    shared = dualfuse.create_model("concat_fusion", backbones=("resnet18", "efficientnet_b0"))
+    assert shared.cam_target_layers() == {"image": [shared.trunks[0].layer4, shared.trunks[1].blocks[-1]]}
+    per_modality = dualfuse.create_model("concat_fusion", backbones=("resnet18", "resnet18"), modalities=["x", "y"])
+    assert per_modality.cam_target_layers() == {"x": [per_modality.trunks[0].layer4],
+                                                "y": [per_modality.trunks[1].layer4]}
+
+
+def test_explicit_target_layers_override_the_models_own():
+    model = dualfuse.create_model("timm_classifier", backbone="resnet18", in_chans=1)
+    x = torch.randn(2, 1, 64, 64)
+    maps = class_activation_maps(model, x, target_class=0,
+                                 target_layers={"layer3": [model.backbone.layer3], "layer4": [model.backbone.layer4]})
+    assert list(maps) == ["layer3", "layer4"]
+    default = class_activation_maps(model, x, target_class=0)
+    np.testing.assert_allclose(maps["layer4"], default["image"], atol=1e-6)
+    assert not np.allclose(maps["layer3"], maps["layer4"])
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "layercam", "eigencam"])
@@ -90,9 +108,10 @@ def test_fused_features_are_what_the_heads_read(model_id):
     assert features.shape == (3, model.num_features)
     with torch.no_grad():
         logits = model(x)
-    head = model.heads[next(iter(model.heads))] if hasattr(model, "heads") else model.head
-    expected = logits[next(iter(logits))] if isinstance(logits, dict) else logits
-    torch.testing.assert_close(head(features), expected)
+    assert list(logits) == list(model.tasks)
+    for task in model.tasks:
+        head = model.heads[task] if hasattr(model, "heads") else model.head
+        torch.testing.assert_close(head(features), logits[task])
 
 
 def test_tsne_map_shape_and_separation():

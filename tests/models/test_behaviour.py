@@ -24,12 +24,14 @@ def build(config_id: str) -> nn.Module:
     return dualfuse.create_model(config.pop("name"), **config)
 
 
-def total(out) -> torch.Tensor:
-    return sum(o.sum() for o in out.values()) if isinstance(out, dict) else out.sum()
+def total(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    assert isinstance(out, dict), f"models return {{task: logits}}, got {type(out).__name__}"
+    return sum(o.sum() for o in out.values())
 
 
-def as_tuple(out) -> tuple[torch.Tensor, ...]:
-    return tuple(out.values()) if isinstance(out, dict) else (out,)
+def as_tuple(out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    assert isinstance(out, dict), f"models return {{task: logits}}, got {type(out).__name__}"
+    return tuple(out.values())
 
 
 def enable_mc_dropout(model: nn.Module) -> None:

@@ -23,8 +23,10 @@ def gminp(x):
 def test_hifa_formula():
     hifa, x = HIFA(6), torch.randn(2, 6, 5, 7)
     s = torch.sigmoid
-    g1 = s(hifa.conv1(x)); g2 = s(hifa.conv2(g1))
-    g3 = s(hifa.conv3(g1 + g2)); g4 = s(hifa.conv4(g3))
+    g1 = s(hifa.conv1(x))
+    g2 = s(hifa.conv2(g1))
+    g3 = s(hifa.conv3(g1 + g2))
+    g4 = s(hifa.conv4(g3))
     s1, s2 = gap(g1) + gmp(g2), gap(g3) + gmp(g4)
     expected = s(hifa.fc(torch.cat([s1, s2], 1).flatten(1)))[:, :, None, None]
     assert torch.allclose(hifa(x), expected) and hifa(x).shape == (2, 6, 1, 1)
@@ -39,7 +41,9 @@ def test_clia_formula():
 def test_mfa_formula_with_learned_scales():
     mfa, x = MFA(6), torch.randn(2, 6, 5, 7)
     with torch.no_grad():
-        mfa.global_scale.fill_(0.5); mfa.local_scale.uniform_(); mfa.alpha.uniform_()
+        mfa.global_scale.fill_(0.5)
+        mfa.local_scale.uniform_()
+        mfa.alpha.uniform_()
     attention = torch.sigmoid(0.5 * mfa.hifa(x) + mfa.local_scale * mfa.clia(x))
     assert torch.allclose(mfa(x), x * attention * mfa.alpha)
     only_local = MFA(6, use_hifa=False)

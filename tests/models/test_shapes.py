@@ -13,7 +13,7 @@ SIZES = (28, 64, 128, 224)
 SINGLE_INPUT_MODELS = ("dcat", "timm_classifier", "concat_fusion")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_model(name: str, **kwargs):
     return dualfuse.create_model(name, **kwargs).eval()
 
@@ -24,9 +24,10 @@ def cached_model(name: str, **kwargs):
 @torch.no_grad()
 def test_single_input_models(name, img_size, in_chans):
     model = cached_model(name, in_chans=in_chans, num_classes=3)
-    logits = model(torch.randn(2, in_chans, img_size, img_size))
-    assert logits.shape == (2, 3)
-    assert torch.isfinite(logits).all()
+    out = model(torch.randn(2, in_chans, img_size, img_size))
+    assert list(out) == ["label"]
+    assert out["label"].shape == (2, 3)
+    assert torch.isfinite(out["label"]).all()
 
 
 @pytest.mark.parametrize("in_chans", (1, 3))
@@ -68,7 +69,8 @@ def test_concat_fusion_one_backbone_per_modality():
     model = dualfuse.create_model(
         "concat_fusion", backbones=("resnet18", "resnet18"), modalities=["xray", "ct"], in_chans=[1, 3]
     ).eval()
-    assert model({"xray": torch.randn(2, 1, 64, 64), "ct": torch.randn(2, 3, 64, 64)}).shape == (2, 2)
+    out = model({"xray": torch.randn(2, 1, 64, 64), "ct": torch.randn(2, 3, 64, 64)})
+    assert list(out) == ["label"] and out["label"].shape == (2, 2)
 
 
 @torch.no_grad()
@@ -77,5 +79,5 @@ def test_dcat_small_input_is_upsampled_and_odd_sizes_align():
     eff, res = model.eff(torch.zeros(1, 3, 32, 32)), model.res(torch.zeros(1, 3, 32, 32))
     assert [f.shape[-1] for f in eff] == [4, 2] and [f.shape[-1] for f in res] == [4, 2]
     # 28 px goes through the same path as 32 px; 45 px gives unequal maps that are resized.
-    assert model(torch.randn(1, 3, 28, 28)).shape == (1, 3)
-    assert model(torch.randn(1, 3, 45, 61)).shape == (1, 3)
+    assert model(torch.randn(1, 3, 28, 28))["label"].shape == (1, 3)
+    assert model(torch.randn(1, 3, 45, 61))["label"].shape == (1, 3)

@@ -11,17 +11,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import breast_args
 from PIL import Image
 
-from conftest import breast_args
+from dualfuse.api import RunFolder, evaluate, train
+from dualfuse.api import report as write_report
 from dualfuse.cli import main
 from dualfuse.config import parse_run_args
 from dualfuse.data.sources import MedMNISTDataset
-from dualfuse.evaluation.model_card import build_model_card, model_card_schema, validate_model_card
+from dualfuse.evaluation.model_card import model_card_schema, validate_model_card
 from dualfuse.explain.gradcam import class_activation_maps
-from dualfuse.report.html import write_report
-from dualfuse.training.checkpoints import load_model
-from dualfuse.training.run import evaluate, train
+from dualfuse.models.saved import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -132,7 +132,7 @@ def test_model_card_beside_each_checkpoint_validates(report):
 
 
 def test_model_card_without_calibration_and_schema_errors(breast_run):
-    card = build_model_card(breast_run)
+    card = RunFolder(breast_run).write_model_card()
     assert card["calibration"] is None and card["referral"] is None and card["performance"]["source"] == "train"
     assert card["uncertainty"]["mc_samples"] == 0
     broken = json.loads(json.dumps(card))

@@ -15,23 +15,28 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dualfuse
+from dualfuse import atomic
+from dualfuse.atomic import atomic_write, atomic_write_bytes
+from dualfuse.models import registry, saved
+from dualfuse.models.saved import CheckpointError, load_model, load_weights_only, save_model
+from dualfuse.models.spec import ModelSpec, Preprocessing
 from dualfuse.training import checkpoints
-from dualfuse.training.checkpoints import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    atomic_write,
-    atomic_write_bytes,
-    load_model,
-    load_weights_only,
-    save_model,
-)
+from dualfuse.training.checkpoints import AtomicCheckpointIO
 
 MODEL_KWARGS = {"backbone": "resnet18", "num_classes": 3, "pretrained": False}
-SPEC = {
+SPEC = ModelSpec(
+    name="timm_classifier",
+    kwargs=MODEL_KWARGS,
+    tasks={"label": ["normal", "pneumonia", "covid"]},
+    modalities=["image"],
+    preprocessing=Preprocessing(img_size=32, resize="resize", normalize="imagenet", in_chans={"image": 3}),
+)
+# What round-1 run folders wrote (format 1): a plain dict, no format_version, an int num_classes.
+ROUND_1_SPEC = {
     "model": {"name": "timm_classifier", "kwargs": MODEL_KWARGS},
     "tasks": {"label": ["normal", "pneumonia", "covid"]},
     "modalities": ["image"],
-    "preprocessing": {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    "preprocessing": {"img_size": 32, "resize": "resize", "normalize": "imagenet", "in_chans": {"image": 3}},
 }
 
 
@@ -57,7 +62,7 @@ def saved_model(model, tmp_path_factory) -> Path:
 
 
 def lightning_checkpoint(model: nn.Module, spec: dict) -> dict:
-    """What the training task's checkpoint holds, built by hand."""
+    """What the training task's checkpoint holds, built by hand (the spec as a plain dict)."""
     state_dict = {f"model.{key}": value for key, value in model.state_dict().items()}
     state_dict["criterion.weight"] = torch.ones(3)  # other prefixes are ignored
     return {"epoch": 1, "global_step": 8, "state_dict": state_dict,
@@ -106,7 +111,7 @@ def test_failed_rename_keeps_previous_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"good"
@@ -122,7 +127,7 @@ def test_interrupted_lightning_save_keeps_previous_checkpoint(tmp_path, monkeypa
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoints, "_fsync_path", interrupted)
+    monkeypatch.setattr(atomic, "_fsync_path", interrupted)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"state_dict": {"w": torch.ones(4)}}, target)
     assert target.read_bytes() == good
@@ -150,7 +155,7 @@ def _load_with_checkpoint_io(path: Path):
 @pytest.mark.parametrize("load", [load_model, load_weights_only, _load_with_checkpoint_io])
 def test_pickle_payload_is_refused_not_run(load, make, global_name, tmp_path, model):
     marker = tmp_path / "pwned"
-    checkpoint = lightning_checkpoint(model, SPEC)
+    checkpoint = lightning_checkpoint(model, SPEC.to_dict())
     checkpoint["hyper_parameters"]["evil"] = Payload(marker, make)
     path = tmp_path / "evil.ckpt"
     torch.save(checkpoint, path)
@@ -191,12 +196,53 @@ def test_unsafe_content_is_refused_at_save_time(tmp_path):
 # Deployable model: round trip
 
 
+def test_training_checkpoints_reexports_the_saved_model_api():
+    for name in ("CheckpointError", "load_model", "load_weights_only", "save_model"):
+        assert getattr(checkpoints, name) is getattr(saved, name), name
+
+
 def test_save_load_round_trip(saved_model, model):
     assert sorted(os.listdir(saved_model)) == ["model.json", "model.safetensors"]
     loaded, spec = load_model(saved_model, expected_model="timm_classifier")
-    assert spec == {**SPEC, "format_version": 1, "dualfuse_version": dualfuse.__version__}
-    assert json.loads((saved_model / "model.json").read_text()) == spec
+    assert isinstance(spec, ModelSpec)
+    assert spec == SPEC and spec.dualfuse_version == dualfuse.__version__
+    written = json.loads((saved_model / "model.json").read_text())
+    assert written == spec.to_dict()
+    assert written["format_version"] == 2 and written["dualfuse_version"] == dualfuse.__version__
     assert not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = loaded(x)
+        assert list(out) == ["label"]
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+
+
+def test_save_model_needs_a_model_spec(model, tmp_path):
+    with pytest.raises(TypeError, match="save_model needs a ModelSpec, got dict"):
+        save_model(tmp_path / "model", model, SPEC.to_dict())
+    assert not (tmp_path / "model").exists()
+
+
+def test_spec_that_is_not_json_is_refused_before_writing(model, tmp_path):
+    bad = ModelSpec(name="timm_classifier", kwargs={**MODEL_KWARGS, "path": Path("/data")})
+    with pytest.raises(CheckpointError) as error:
+        save_model(tmp_path / "model", model, bad)
+    assert_one_line(error, tmp_path / "model" / "model.json", "not JSON-serialisable")
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "checkpoint"])
+def test_round_1_format_still_loads(saved_model, model, tmp_path, where):
+    if where == "folder":
+        shutil.copy(saved_model / "model.safetensors", tmp_path)
+        (tmp_path / "model.json").write_text(json.dumps({**ROUND_1_SPEC, "format_version": 1}))
+        path = tmp_path
+    else:
+        path = tmp_path / "last.ckpt"
+        torch.save(lightning_checkpoint(model, ROUND_1_SPEC), path)
+    loaded, spec = load_model(path, expected_model="timm_classifier")
+    assert spec.kwargs["num_classes"] == {"label": 3}  # format 1 named the task only in "tasks"
+    assert spec.tasks == SPEC.tasks and spec.preprocessing == SPEC.preprocessing
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
@@ -206,16 +252,17 @@ def test_safetensors_file_with_json_beside_it(saved_model, model, tmp_path):
     shutil.copy(saved_model / "model.safetensors", tmp_path / "best.safetensors")
     shutil.copy(saved_model / "model.json", tmp_path / "best.json")
     loaded, spec = load_model(tmp_path / "best.safetensors")
-    assert spec["tasks"] == SPEC["tasks"]
+    assert spec.tasks == SPEC.tasks
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_lightning_checkpoint_loads_model_weights(model, tmp_path):
     path = tmp_path / "epoch=1.ckpt"
-    torch.save(lightning_checkpoint(model, SPEC), path)
+    torch.save(lightning_checkpoint(model, SPEC.to_dict()), path)
     loaded, spec = load_model(path, expected_model="timm_classifier")
     assert spec == SPEC
+    assert list(loaded.tasks) == ["label"]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
@@ -223,19 +270,25 @@ def test_lightning_checkpoint_loads_model_weights(model, tmp_path):
 
 def test_loading_never_downloads(saved_model, monkeypatch, tmp_path):
     shutil.copy(saved_model / "model.safetensors", tmp_path)
-    spec = {**SPEC, "model": {"name": "timm_classifier", "kwargs": {**MODEL_KWARGS, "pretrained": True}}}
-    (tmp_path / "model.json").write_text(json.dumps(spec))
+    spec = ModelSpec(name="timm_classifier", kwargs={**MODEL_KWARGS, "pretrained": True}, tasks=SPEC.tasks,
+                     modalities=SPEC.modalities, preprocessing=SPEC.preprocessing)
+    (tmp_path / "model.json").write_text(spec.to_json())
     calls = []
-    real_create_model = dualfuse.create_model
-    monkeypatch.setattr(dualfuse, "create_model", lambda name, **kw: calls.append(kw) or real_create_model(name, **kw))
+    real_entrypoint = registry.model_entrypoint
+
+    def spy(name):
+        builder = real_entrypoint(name)
+        return lambda **kw: calls.append(kw) or builder(**kw)
+
+    monkeypatch.setattr(registry, "model_entrypoint", spy)
     load_model(tmp_path)
-    assert calls[0]["pretrained"] is False
+    assert len(calls) == 1 and calls[0]["pretrained"] is False
 
 
 def test_tied_weights_are_saved(tmp_path):
     tied = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
     tied[1].weight = tied[0].weight
-    save_model(tmp_path, tied, {"model": {"name": "tied", "kwargs": {}}})
+    save_model(tmp_path, tied, ModelSpec(name="tied"))
     weights = safetensors.torch.load_file(tmp_path / "model.safetensors")
     assert torch.equal(weights["0.weight"], weights["1.weight"])
 
@@ -262,7 +315,7 @@ def test_weights_of_another_shape_are_refused(saved_model, tmp_path):
 
 
 def test_missing_and_unexpected_keys_are_counted(model, tmp_path):
-    checkpoint = lightning_checkpoint(model, SPEC)
+    checkpoint = lightning_checkpoint(model, SPEC.to_dict())
     checkpoint["state_dict"]["model.extra.weight"] = checkpoint["state_dict"].pop("model.head.1.bias")
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)
@@ -286,7 +339,7 @@ def test_unreadable_files(saved_model, tmp_path, damage, name):
 
 def test_truncated_torch_checkpoint(model, tmp_path):
     path = tmp_path / "last.ckpt"
-    torch.save(lightning_checkpoint(model, SPEC), path)
+    torch.save(lightning_checkpoint(model, SPEC.to_dict()), path)
     path.write_bytes(path.read_bytes()[:100_000])
     with pytest.raises(CheckpointError) as error:
         load_weights_only(path)
@@ -318,7 +371,7 @@ def test_bad_json(saved_model, tmp_path, text, words):
 
 
 def test_checkpoint_without_spec(model, tmp_path):
-    checkpoint = lightning_checkpoint(model, SPEC)
+    checkpoint = lightning_checkpoint(model, SPEC.to_dict())
     del checkpoint["hyper_parameters"]["spec"]
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)

@@ -11,15 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import breast_args
 
+from dualfuse.api import evaluate, predict, train
 from dualfuse.cli import main
 from dualfuse.config import parse_run_args
 from dualfuse.evaluation.metrics import METRICS
-from dualfuse.training import run as run_module
-from dualfuse.training.run import evaluate, predict, train
 from dualfuse.training.task import ClassificationTask
 
-from conftest import BREAST_CLASSES, breast_args
 
 @pytest.fixture(scope="module")
 def breast_run(data_root, tmp_path_factory):
@@ -116,9 +115,17 @@ def test_resume_after_interruption_reproduces_uninterrupted_run(data_root, tmp_p
 
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         train(config)
+    # A write killed mid-way leaves its hidden temporary file; the next start removes it.
+    stale = tmp_path / "b" / "checkpoints" / ".best.ckpt.0123456789ab.tmp"
+    stale.write_bytes(b"half a checkpoint")
     resumed = train(config, resume=True)
     assert resumed["tasks"] == expected["tasks"]
     assert resumed["epochs_trained"] == expected["epochs_trained"] == 3
+    assert not stale.exists()
+    # The CSV log keeps the epochs before the crash: the same rows as the uninterrupted run.
+    history = {name: pd.read_csv(tmp_path / name / "logs" / "csv" / "metrics.csv") for name in ("a", "b")}
+    assert len(history["b"]) == len(history["a"])
+    assert sorted(history["b"]["epoch"].dropna().unique()) == sorted(history["a"]["epoch"].dropna().unique()) == [0, 1, 2]
 
 
 def test_zip_mode_drifa_net_trains_one_head_per_dataset(data_root, tmp_path):

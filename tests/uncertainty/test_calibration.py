@@ -8,9 +8,16 @@ import pytest
 import torch
 from sklearn.metrics import brier_score_loss, log_loss
 
-from dualfuse.uncertainty import (adaptive_calibration_error, apply_temperature, brier_score,
-                                  calibration_report, expected_calibration_error, fit_temperature,
-                                  mc_probs_with_temperature, negative_log_likelihood)
+from dualfuse.uncertainty import (
+    adaptive_calibration_error,
+    apply_temperature,
+    brier_score,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
+    mc_probs_with_temperature,
+    negative_log_likelihood,
+)
 
 
 def _binary(confidences, correct):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualfuse.uncertainty import (conformal_report, conformal_scores, conformal_threshold,
-                                  prediction_sets)
+from dualfuse.uncertainty import conformal_report, conformal_scores, conformal_threshold, prediction_sets
 
 PROBS = np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [0.25, 0.25, 0.5]])
 

@@ -46,7 +46,15 @@ def model_case(request):
 
 
 def as_dict(out) -> dict[str, torch.Tensor]:
+    """The toy model may return a bare tensor (MC dropout supports any module); registered models may not."""
     return dict(out) if isinstance(out, dict) else {"label": out}
+
+
+def task_dict(out, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A registered model's output (or its MC samples): always `{task: tensor}`, one entry per task."""
+    assert isinstance(out, dict), f"expected {{task: logits}}, got {type(out).__name__}"
+    assert list(out) == list(model.tasks)
+    return out
 
 
 def assert_close(a, b, exact: bool = False):
@@ -95,12 +103,13 @@ class ToyModel(nn.Module):
 def test_fast_equals_naive_sample_for_sample(model_case):
     config_id, model, inputs = model_case
     before = buffers(model)
-    naive = mc_sample_naive(model, inputs, T, seed=11)
-    fast = mc_sample_fast(model, inputs, T, seed=11)
-    chunked = mc_sample_fast(model, inputs, T, chunk=2, seed=11)
+    naive = task_dict(mc_sample_naive(model, inputs, T, seed=11), model)
+    fast = task_dict(mc_sample_fast(model, inputs, T, seed=11), model)
+    chunked = task_dict(mc_sample_fast(model, inputs, T, chunk=2, seed=11), model)
     assert_close(fast, naive)
     assert_close(chunked, fast)
-    for task, samples in as_dict(fast).items():
+    for task, samples in fast.items():
+        assert samples.shape == (T, BATCH, model.tasks[task]), task
         assert samples.shape[:2] == (T, BATCH), task
         # Dropout is active: every sample differs from the others.
         assert all(not torch.allclose(samples[0], samples[t]) for t in range(1, T)), task
@@ -123,7 +132,7 @@ def test_naive_sample_t_is_stock_torch_dropout_seeded_with_seed_t(config_id):
     with enable_mc_dropout(model):
         for seed in seeds:
             torch.manual_seed(seed)
-            reference.append(as_dict(model(inputs)))
+            reference.append(task_dict(model(inputs), model))
     stacked = {task: torch.stack([r[task] for r in reference]) for task in reference[0]}
     assert_close(mc_sample_naive(model, inputs, 3, seed=5), stacked, exact=True)
     assert_close(mc_sample_naive(model, inputs, 3, seed=seeds), stacked, exact=True)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualfuse.uncertainty import (accuracy_at_coverage, aurc, choose_referral_threshold, refer,
-                                  risk_coverage_curve)
+from dualfuse.uncertainty import accuracy_at_coverage, aurc, choose_referral_threshold, refer, risk_coverage_curve
 
 # Sorted by confidence: right, right, wrong, right, wrong.
 CONF = np.array([0.6, 0.95, 0.7, 0.9, 0.8])

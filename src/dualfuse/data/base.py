@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -20,14 +21,17 @@ from torch.utils.data import Dataset
 __all__ = [
     "DEFAULT_MODALITY",
     "DEFAULT_TASK",
+    "RARE_COUNT",
+    "RARE_FRACTION",
     "CaseDataset",
     "CaseRecord",
     "DataError",
     "ImageRef",
     "Transform",
-    "check_image",
+    "rare_classes",
     "skip_or_raise",
     "to_chw",
+    "validate_pixels",
 ]
 
 DEFAULT_MODALITY = "image"
@@ -83,8 +87,11 @@ class CaseRecord:
 Transform = Union[Callable[[torch.Tensor, str], torch.Tensor], Mapping[str, Callable[[torch.Tensor], torch.Tensor]]]
 
 
-def check_image(image: torch.Tensor | np.ndarray, where: object, allow_constant: bool = False) -> None:
-    """Reject images no model should see: empty, NaN/inf, or constant (a blank or failed export)."""
+def validate_pixels(image: torch.Tensor | np.ndarray, where: object, allow_constant: bool = False) -> None:
+    """Reject images no model should see: empty, NaN/inf, or constant (a blank or failed export).
+
+    Returns nothing: it only raises `DataError` (unlike `models.inputs.check_image`, which returns a tensor).
+    """
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.size == 0 or 0 in array.shape:
         raise DataError(where, f"zero-size image {tuple(array.shape)}")
@@ -92,6 +99,25 @@ def check_image(image: torch.Tensor | np.ndarray, where: object, allow_constant:
         raise DataError(where, f"image contains {int((~np.isfinite(array)).sum())} NaN/inf values")
     if not allow_constant and array.min() == array.max():
         raise DataError(where, f"constant image (every pixel is {array.flat[0]!r})")
+
+
+#: A class is "rare" (usually a stray or mistyped label) below this share of a task's cases ...
+RARE_FRACTION = 0.01
+#: ... and with fewer cases than this.
+RARE_COUNT = 3
+
+
+def rare_classes(counts: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str, int, int]]:
+    """`(task, class, count, total)` for each class under `RARE_FRACTION` of its task's labelled
+    cases and under `RARE_COUNT` cases: a stray `7` among 0/1 labels (and the empty classes 2..6 it
+    creates) must not become a class silently. `counts` is `{task: {class: cases}}`."""
+    found = []
+    for task, classes in counts.items():
+        total = sum(classes.values())
+        for name, count in classes.items():
+            if count < RARE_COUNT and count < RARE_FRACTION * total:
+                found.append((task, str(name), int(count), int(total)))
+    return found
 
 
 def to_chw(array: np.ndarray, channels: int | None = None, where: object = "image") -> torch.Tensor:
@@ -141,6 +167,9 @@ class CaseDataset(Dataset, abc.ABC):
 
     #: Whether a constant image is acceptable (e.g. blank background slices of a volume).
     allow_constant: bool = False
+    #: A sample's `patient_id` is its `case_id` when the record has none (grouped splits need a key).
+    #: Prediction inputs turn this off: there an unknown patient id stays "" and never shows a path.
+    patient_id_fallback: bool = True
 
     def __init__(
         self,
@@ -178,6 +207,8 @@ class CaseDataset(Dataset, abc.ABC):
     def probe(self, ref: ImageRef) -> None:
         """Cheap construction-time check of one image (default: the file exists and is non-empty)."""
         path = Path(ref.path)
+        if path.is_symlink() and not path.exists():
+            raise DataError(ref.path, "broken symlink")
         if not path.is_file():
             raise DataError(ref.path, "file not found")
         if path.stat().st_size == 0:
@@ -202,7 +233,7 @@ class CaseDataset(Dataset, abc.ABC):
     def load(self, ref: ImageRef) -> torch.Tensor:
         """`read_image` plus the generic checks every decoded image must pass."""
         image = self.read_image(ref)
-        check_image(image, ref, allow_constant=self.allow_constant)
+        validate_pixels(image, ref, allow_constant=self.allow_constant)
         return image
 
     def __getitem__(self, index: int) -> dict:
@@ -213,7 +244,7 @@ class CaseDataset(Dataset, abc.ABC):
         for task, label in record.labels.items():
             sample[task] = torch.tensor(int(label), dtype=torch.long)
         sample["case_id"] = record.case_id
-        sample["patient_id"] = record.patient_id or record.case_id
+        sample["patient_id"] = record.patient_id or (record.case_id if self.patient_id_fallback else "")
         return sample
 
     def apply_transform(self, image: torch.Tensor, modality: str) -> torch.Tensor:
@@ -224,7 +255,7 @@ class CaseDataset(Dataset, abc.ABC):
             return image if fn is None else fn(image)
         return self.transform(image, modality)
 
-    def verify(self) -> "CaseDataset":
+    def verify(self) -> CaseDataset:
         """Decode every image once. Bad records are dropped into `skipped` (skip_bad) or raise."""
         kept = []
         for record in self.records:
@@ -247,17 +278,17 @@ class CaseDataset(Dataset, abc.ABC):
     def num_classes(self) -> dict[str, int]:
         return {task: len(names) for task, names in self.classes.items()}
 
-    def with_records(self, records: Sequence[CaseRecord]) -> "CaseDataset":
+    def with_records(self, records: Sequence[CaseRecord]) -> CaseDataset:
         """A shallow copy of this dataset (same reader settings) holding `records`."""
         view = copy.copy(self)
         view.records = list(records)
         view.skipped = list(self.skipped)
         return view
 
-    def split(self, name: str) -> "CaseDataset":
+    def split(self, name: str) -> CaseDataset:
         return self.with_records([r for r in self.records if r.split == name])
 
-    def subset(self, indices: Iterable[int]) -> "CaseDataset":
+    def subset(self, indices: Iterable[int]) -> CaseDataset:
         return self.with_records([self.records[int(i)] for i in indices])
 
     @property

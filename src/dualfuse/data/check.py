@@ -11,15 +11,17 @@ What is audited, and why:
   with a vectorised XOR + popcount over all pairs (thousands of images take well under a second);
 - patient overlap between splits, when records carry patient ids.
 
-Exit-status rule (``CheckReport.problems``): *leakage* (an exact duplicate in two splits, or a patient
-in two splits) and *unreadable* images are errors unless allowed. Near duplicates across splits are
-reported but only fatal with ``fail_on_near``: without patient ids they are the best available hint of
-patient leakage, but at small thresholds they also flag different patients imaged with one protocol,
-so they need a human look rather than an automatic failure.
+Exit-status rule (``CheckReport.problems``; the CLI exits 1 on any, 2 on a source it cannot read at
+all): *leakage* (an exact duplicate in two splits, or a patient in two splits), *unreadable* images
+(undecodable, too large, broken symlinks), *label conflicts* (identical pixels under two labels) and
+*rare classes* (under 1% of cases and fewer than 3: usually a stray or mistyped label, which ``train``
+refuses too) are errors unless allowed. Near duplicates across splits are reported but only fatal
+with ``fail_on_near``: without patient ids they are the best available hint of patient leakage, but
+at small thresholds they also flag different patients imaged with one protocol, so they need a human
+look rather than an automatic failure.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import time
@@ -36,13 +38,21 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from dualfuse.data.base import CaseDataset, CaseRecord, DataError, ImageRef
+from dualfuse.data.base import RARE_COUNT, RARE_FRACTION, CaseDataset, CaseRecord, DataError, ImageRef, rare_classes
+from dualfuse.data.open import open_source, source_config
 
-__all__ = ["CheckReport", "check_dataset", "check_source", "near_duplicate_pairs", "open_source", "render_report"]
+__all__ = [
+    "CheckReport",
+    "check_dataset",
+    "check_source",
+    "check_summary",
+    "check_tables",
+    "near_duplicate_pairs",
+    "open_path",
+]
 
 DEFAULT_NEAR_THRESHOLD = 4
 EXACT_HASH = "blake2b-128 of the decoded pixels (float32, as the dataset reads them)"
-FORMATS = ("folder", "npz", "manifest")
 UNSPLIT = "unsplit"  # the split name reported for records without one
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -59,6 +69,7 @@ class CheckReport:
     modes: dict[str, int] = field(default_factory=dict)
     unreadable: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
     ignored: list[str] = field(default_factory=list)  # files the source does not treat as images
+    rare_classes: list[dict] = field(default_factory=list)  # {"task", "class", "count", "total"}
     exact_hash: str = EXACT_HASH
     exact_duplicates: list[dict] = field(default_factory=list)  # {"images", "splits", "classes", "cross_split", "label_conflict"}
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
@@ -73,8 +84,17 @@ class CheckReport:
     def cross_split_exact(self) -> list[dict]:
         return [group for group in self.exact_duplicates if group["cross_split"]]
 
+    @property
+    def label_conflicts(self) -> list[dict]:
+        return [group for group in self.exact_duplicates if group["label_conflict"]]
+
     def problems(
-        self, allow_leakage: bool = False, allow_unreadable: bool = False, fail_on_near: bool = False
+        self,
+        allow_leakage: bool = False,
+        allow_unreadable: bool = False,
+        fail_on_near: bool = False,
+        allow_label_conflicts: bool = False,
+        allow_rare_classes: bool = False,
     ) -> list[str]:
         """One line per fatal finding under the exit-status rule (module docstring)."""
         found = []
@@ -84,6 +104,12 @@ class CheckReport:
             found.append(f"{len(self.patient_overlap)} patient(s) appear in more than one split")
         if self.unreadable and not allow_unreadable:
             found.append(f"{len(self.unreadable)} unreadable image(s)")
+        if self.label_conflicts and not allow_label_conflicts:
+            found.append(f"{len(self.label_conflicts)} exact-duplicate group(s) have conflicting labels")
+        if self.rare_classes and not allow_rare_classes:
+            shown = ", ".join(f"{r['task']} {r['class']!r} ({r['count']} of {r['total']})" for r in self.rare_classes[:5])
+            more = f" and {len(self.rare_classes) - 5} more" if len(self.rare_classes) > 5 else ""
+            found.append(f"{len(self.rare_classes)} rare class(es), a stray label?: {shown}{more}")
         if self.near_cross_split and fail_on_near:
             found.append(f"{len(self.near_cross_split)} near-duplicate pair(s) span more than one split")
         return found
@@ -219,6 +245,15 @@ def _counts(dataset: CaseDataset, records: Sequence[CaseRecord]) -> dict[str, di
     return {split: {task: dict(sorted(c.items())) for task, c in tasks.items()} for split, tasks in sorted(counts.items())}
 
 
+def _class_totals(dataset: CaseDataset, records: Sequence[CaseRecord]) -> dict[str, dict[str, int]]:
+    """``{task: {class: cases}}`` over ``records``, every class of the dataset listed (0 included)."""
+    totals = {task: dict.fromkeys(names, 0) for task, names in dataset.classes.items()}
+    for record in records:
+        for task, label in record.labels.items():
+            totals[task][dataset.classes[task][label]] += 1
+    return totals
+
+
 def _patient_overlap(dataset: CaseDataset) -> dict[str, list[str]]:
     splits: dict[str, set[str]] = defaultdict(set)
     for record in dataset.records:
@@ -261,6 +296,10 @@ def check_dataset(
         unreadable=[{"path": path, "reason": reason} for path, reason in dataset.skipped]
         + [{"path": str(item.ref), "reason": item.error} for item in items if item.error],
         ignored=list(getattr(dataset, "ignored", [])),
+        rare_classes=[
+            {"task": task, "class": name, "count": count, "total": total}
+            for task, name, count, total in rare_classes(_class_totals(dataset, readable))
+        ],
         near_threshold=near_threshold,
         patient_overlap=_patient_overlap(dataset),
     )
@@ -306,59 +345,19 @@ def check_dataset(
 
 
 # --- sources --------------------------------------------------------------------------------------
-def _detect_format(path: Path) -> str:
-    if path.is_dir():
-        return "folder"
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return "npz"
-    if suffix in (".csv", ".tsv"):
-        return "manifest"
-    raise DataError(path, f"cannot tell the dataset format (not a folder, .npz or .csv); pass --format {'|'.join(FORMATS)}")
-
-
-def _manifest_columns(path: Path, modalities: Sequence[str] | None, tasks: Sequence[str] | None):
-    """Default manifest columns: ``image`` as the modality and ``label`` as the task, when present."""
-    if modalities and tasks is not None:
-        return list(modalities), list(tasks)
-    with path.open(newline="") as handle:
-        header = [column.strip() for column in next(csv.reader(handle), [])]
-    if not modalities:
-        if "image" not in header:
-            raise DataError(path, f"no 'image' column; name the image column(s) with --modalities (columns: {header})")
-        modalities = ["image"]
-    if tasks is None:
-        tasks = ["label"] if "label" in header else []
-    return list(modalities), list(tasks)
-
-
-def open_source(
+def open_path(
     path: str | Path,
     format: str | None = None,
     modalities: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
 ) -> CaseDataset:
-    """Open ``path`` as a dataset with ``skip_bad=True``, so unreadable files are listed, not raised.
+    """Open ``path`` exactly as ``train`` opens a configured source, with ``skip_bad=True`` so that
+    unreadable files are listed, not raised.
 
-    ``modalities`` and ``tasks`` name a manifest's image and label columns (default ``image``, ``label``).
+    ``format`` is a ``SOURCE_FORMATS`` word (default: detected); ``modalities`` and ``tasks`` name a
+    manifest's image and label columns (default ``image`` and ``label``; ``tasks=[]``: unlabelled).
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "not found")
-    format = format or _detect_format(path)
-    if format == "folder":
-        from dualfuse.data.sources.folders import ImageFolderDataset
-
-        return ImageFolderDataset(path, skip_bad=True)
-    if format == "npz":
-        from dualfuse.data.sources.medmnist import MedMNISTDataset
-
-        return MedMNISTDataset(path, skip_bad=True)
-    if format == "manifest":
-        from dualfuse.data.sources.manifest import ManifestDataset
-
-        return ManifestDataset(path, *_manifest_columns(path, modalities, tasks), skip_bad=True)
-    raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return open_source(Path(path).name or str(path), source_config(path, format, modalities, tasks), skip_bad=True)
 
 
 def check_source(
@@ -369,20 +368,21 @@ def check_source(
     modalities: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
 ) -> CheckReport:
-    """``check_dataset`` on a folder, MedMNIST npz or CSV manifest (detected from ``path``)."""
-    return check_dataset(open_source(path, format, modalities, tasks), near_threshold, workers, source=str(path))
+    """``check_dataset`` on a folder, MedMNIST npz or CSV manifest (format detected from ``path``)."""
+    return check_dataset(open_path(path, format, modalities, tasks), near_threshold, workers, source=str(path))
 
 
-# --- rendering ------------------------------------------------------------------------------------
-def render_report(report: CheckReport, console=None, examples: int = 10) -> None:
-    """Print ``report`` as rich tables: counts, formats, then each finding with a few examples."""
-    from rich.console import Console
+# --- presentation ---------------------------------------------------------------------------------
+def check_summary(report: CheckReport) -> str:
+    """The one-line headline of a report (rich markup)."""
+    return f"[bold]{report.source}[/]: {report.num_cases} cases, {report.num_images} images, checked in {report.seconds:.1f} s"
+
+
+def check_tables(report: CheckReport, examples: int = 10) -> list:
+    """``report`` as rich tables (counts, formats, findings with up to ``examples`` each); the CLI
+    prints them. Nothing here prints: the data layer only builds what is shown."""
     from rich.table import Table
 
-    console = console or Console()
-    console.print(
-        f"[bold]{report.source}[/]: {report.num_cases} cases, {report.num_images} images, checked in {report.seconds:.1f} s"
-    )
     counts = Table(title="cases per split and class")
     for column in ("split", "task", "class", "cases"):
         counts.add_column(column, justify="right" if column == "cases" else "left")
@@ -390,7 +390,6 @@ def render_report(report: CheckReport, console=None, examples: int = 10) -> None
         for task, classes in tasks.items():
             for name, n in classes.items():
                 counts.add_row(split, task, name, str(n))
-    console.print(counts)
 
     formats = Table(title="image sizes and modes")
     formats.add_column("kind")
@@ -399,21 +398,23 @@ def render_report(report: CheckReport, console=None, examples: int = 10) -> None
     for kind, values in (("size", report.sizes), ("mode", report.modes)):
         for value, n in values.items():
             formats.add_row(kind, value, str(n))
-    console.print(formats)
 
-    findings = Table(title="findings")
+    findings = Table(title="findings", caption=f"exact duplicates compare the {report.exact_hash}")
     findings.add_column("check")
     findings.add_column("found", justify="right")
     findings.add_column("examples")
     cross = report.cross_split_exact
+    conflicts = report.label_conflicts
     rows = [
         ("unreadable images", len(report.unreadable), [f"{u['reason']}" for u in report.unreadable]),
         ("ignored (non-image) files", len(report.ignored), report.ignored),
+        (f"rare classes (< {RARE_FRACTION:.0%} and < {RARE_COUNT} cases)", len(report.rare_classes),
+         [f"{r['task']} {r['class']!r}: {r['count']} of {r['total']}" for r in report.rare_classes]),
         ("exact-duplicate groups, within a split", len(report.exact_duplicates) - len(cross),
          [" = ".join(g["images"]) for g in report.exact_duplicates if not g["cross_split"]]),
         ("exact-duplicate groups, across splits", len(cross), [" = ".join(g["images"]) for g in cross]),
-        ("exact duplicates with conflicting labels", sum(g["label_conflict"] for g in report.exact_duplicates),
-         [" / ".join(g["classes"]) for g in report.exact_duplicates if g["label_conflict"]]),
+        ("exact duplicates with conflicting labels", len(conflicts),
+         [f"{' = '.join(g['images'])} ({' / '.join(g['classes'])})" for g in conflicts]),
         *(
             (f"near-duplicate pairs (<= {report.near_threshold} bits), {'across ' + k.replace('|', '/') if '|' in k else 'within ' + k}", n, [])
             for k, n in report.near_pairs.items()
@@ -431,5 +432,4 @@ def render_report(report: CheckReport, console=None, examples: int = 10) -> None
     ]
     for name, n, shown in rows:
         findings.add_row(name, str(n), "\n".join(shown[:examples]) + ("\n..." if len(shown) > examples else ""))
-    console.print(findings)
-    console.print(f"exact duplicates compare the {report.exact_hash}")
+    return [counts, formats, findings]

@@ -6,43 +6,24 @@ and are saved so that a run can be repeated or resumed on exactly the same cases
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from sklearn.model_selection import train_test_split
 import torch
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dualfuse.config import DataConfig, SourceConfig, expand_path
-from dualfuse.data.base import CaseDataset
+from dualfuse.data.base import CaseDataset, DataError, rare_classes
 from dualfuse.data.multimodal import ZipDataset
-from dualfuse.data.sources import FileReader, ImageFolderDataset, ManifestDataset, MedMNISTDataset
+from dualfuse.data.open import open_source
 from dualfuse.data.splits import apply_split, load_split, make_split, save_split
 from dualfuse.data.transforms import AugmentConfig, build_transforms
 
 SPLITS = ("train", "val", "test")
-
-
-def open_source(name: str, source: SourceConfig) -> CaseDataset:
-    """Read one configured source (all splits); a missing path fails with one line naming the key."""
-    key = f"data.sources.{name}.path"
-    path = expand_path(source.path, key) if source.path else None
-    if path is None or not path.exists():
-        if source.format == "medmnist" and source.download:
-            return MedMNISTDataset(source.download, channels=source.channels, classes=source.classes)
-        raise FileNotFoundError(f"{key}: {path} not found")
-    if source.format == "medmnist":
-        return MedMNISTDataset(path, channels=source.channels, classes=source.classes)
-    if source.format == "folder":
-        return ImageFolderDataset(path, channels=source.channels, classes=source.classes)
-    tasks = source.tasks or ["label"]
-    return ManifestDataset(
-        path, modalities=source.modalities or ["image"], tasks=tasks,
-        classes={tasks[0]: source.classes} if source.classes and len(tasks) == 1 else None,
-        reader=FileReader(channels=source.channels),
-    )
 
 
 def assign_splits(dataset: CaseDataset, config: DataConfig, seed: int) -> dict[str, str]:
@@ -141,7 +122,31 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.split_path = Path(split_path) if split_path else None
         self.datasets: dict[str, object] = {}
-        self.sources = {name: open_source(name, source) for name, source in config.sources.items()}
+        self.sources = {name: self._open(name, source) for name, source in config.sources.items()}
+
+    def _open(self, name: str, source: SourceConfig) -> CaseDataset:
+        """One source, with `data.skip_bad` applied (every image decoded once, bad ones listed in
+        `skipped` and summed up in one warning) and stray labels refused (see `rare_classes`)."""
+        dataset = open_source(name, source, skip_bad=self.config.skip_bad)
+        if self.config.skip_bad:
+            dataset.verify()
+            if dataset.skipped:
+                shown = "; ".join(reason for _, reason in dataset.skipped[:3])
+                more = f"; and {len(dataset.skipped) - 3} more" if len(dataset.skipped) > 3 else ""
+                warnings.warn(f"data.sources.{name}: skipped {len(dataset.skipped)} bad case(s) (data.skip_bad): "
+                              f"{shown}{more}", stacklevel=2)
+        if source.classes is None:
+            rare = rare_classes(dataset.class_counts())
+            if rare:
+                shown = ", ".join(f"{task} {cls!r} ({count} of {total} cases)" for task, cls, count, total in rare[:5])
+                raise DataError(f"data.sources.{name}", f"rare class(es) {shown}: a stray label? fix the data, or list "
+                                f"the real classes in data.sources.{name}.classes")
+        return dataset
+
+    @property
+    def skipped(self) -> dict[str, list[tuple[str, str]]]:
+        """`{source: [(path, reason)]}`: what `data.skip_bad` dropped, for the run's records."""
+        return {name: list(dataset.skipped) for name, dataset in self.sources.items()}
 
     # --- what the model needs to know -------------------------------------------------------------
     @property
@@ -174,7 +179,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         if split_file is not None and split_file.is_file():
             assigned = load_split(split_file)
         else:
-            assigned = assign_splits(dataset, self.config, self.seed)
+            try:
+                assigned = assign_splits(dataset, self.config, self.seed)
+            except DataError as error:
+                raise DataError(f"data.sources.{name}", error) from None
             if split_file is not None:
                 save_split(assigned, split_file)
         dataset = apply_split(dataset, assigned, source=split_file or "data split")

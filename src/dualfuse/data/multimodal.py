@@ -9,7 +9,7 @@ per case for real fusion.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from torch.utils.data import Dataset

@@ -134,12 +134,39 @@ def make_split(
     task: str | None = None,
 ) -> dict[str, str]:
     """``{case_id: split}`` for a dataset or records, stratified on ``task`` (default: first task)
-    and grouped by ``patient_id`` where records have one."""
+    and grouped by ``patient_id`` where records have one.
+
+    A class with fewer cases (patients, when grouped) than the splits carved cannot be in every
+    split: that is a ``DataError`` naming the class and its count, not a model whose val/test lack it.
+    """
+    class_names = _class_names(records, task)
     records = _records(records)
     ids = _case_ids(records)
     labels, groups = _labels_and_groups(records, task, group_by_patient)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if needed > 1:
+        _check_classes_fit(labels, groups, needed, class_names)
     names = split_indices(labels, groups, val_fraction, test_fraction, seed, stratify)
     return dict(zip(ids, (str(n) for n in names)))
+
+
+def _class_names(records: Records, task: str | None) -> list[str] | None:
+    """The class names of ``task`` (default: the first) when ``records`` is a dataset, else None."""
+    if not isinstance(records, CaseDataset) or not records.classes:
+        return None
+    return records.classes.get(task or next(iter(records.classes)))
+
+
+def _check_classes_fit(labels: np.ndarray, groups: np.ndarray | None, needed: int, names: Sequence[str] | None) -> None:
+    """Every labelled class needs at least ``needed`` cases (or patients) to appear in every split."""
+    for label in np.unique(labels[labels >= 0]):
+        members = labels == label
+        count = int(members.sum()) if groups is None else len(np.unique(groups[members]))
+        if count < needed:
+            name = names[label] if names is not None and label < len(names) else str(label)
+            unit = "patient" if groups is not None else "case"
+            raise DataError(f"class {name!r}", f"only {count} {unit}(s), but carving train/val/test puts it in "
+                            f"{needed} splits; add {unit}s, drop the class, or give a split file (data.split_file)")
 
 
 def kfold_splits(

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dualfuse.validation import check_labels, check_probs, to_numpy
+
 __all__ = ["METRICS", "classification_metrics", "summarize"]
 
 METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
@@ -31,63 +33,12 @@ METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "
 """Metric keys in report order; ``sensitivity``/``specificity`` only appear for binary tasks."""
 
 _CHUNK_ELEMENTS = 1 << 20  # resamples x images handled per block; bounds memory (~8 MB a matrix)
-_SUM_TOLERANCE = 1e-2      # loose enough for half-precision softmax, tight enough to catch logits
 
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_labels(y_true: Any, n: int, n_classes: int) -> np.ndarray:
-    y = _to_numpy(y_true)
-    if y.ndim != 1:
-        raise ValueError(f"y_true must be 1-D (N,) class indices, got shape {y.shape}")
-    if len(y) != n:
-        raise ValueError(f"y_true has {len(y)} labels but probs has {n} rows")
-    if y.dtype == bool:
-        y = y.astype(np.int64)
-    elif not np.issubdtype(y.dtype, np.integer):
-        whole = (np.issubdtype(y.dtype, np.floating) and bool(np.isfinite(y).all())
-                 and bool((y == np.round(y)).all()))
-        if not whole:
-            raise ValueError(f"y_true must hold integer class indices, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-    bad = (y < 0) | (y >= n_classes)
-    if bad.any():
-        raise ValueError(f"y_true has {int(bad.sum())} labels outside 0..{n_classes - 1} "
-                         f"(e.g. {y[bad][0]}); probs has C={n_classes} columns")
-    return y.astype(np.int64)
-
-
-def _check_probs(probs: Any) -> np.ndarray:
-    p = _to_numpy(probs)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be a 2-D (N, C) array of class probabilities, got shape {p.shape}")
-    if p.shape[0] == 0:
-        raise ValueError("no samples: probs has N=0 rows")
-    if p.shape[1] < 2:
-        raise ValueError(f"probs must have C >= 2 columns (binary tasks use C=2), got C={p.shape[1]}")
-    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)):
-        raise ValueError(f"probs must be a real-valued array, got dtype {p.dtype}")
-    p = p.astype(np.float64)
-    finite = np.isfinite(p)
-    if not finite.all():
-        raise ValueError(f"probs contains {int((~finite).sum())} NaN/inf values")
-    if p.min() < -1e-6 or p.max() > 1 + 1e-6:
-        raise ValueError(f"probs must lie in [0, 1] (got min {p.min():.4g}, max {p.max():.4g}); "
-                         "pass softmax probabilities, not logits")
-    worst = float(np.abs(p.sum(axis=1) - 1).max())
-    if worst > _SUM_TOLERANCE:
-        raise ValueError(f"probs rows must sum to 1 (worst row is off by {worst:.3g}); "
-                         "pass softmax probabilities, not logits or sigmoids")
-    return p
 
 
 def _check_groups(groups: Any, n: int) -> tuple[np.ndarray, int]:
     """Patient ids -> (group index of each image, number of groups)."""
-    g = _to_numpy(groups)
+    g = to_numpy(groups)
     if g.ndim != 1 or len(g) != n:
         raise ValueError(f"groups must be 1-D with one patient id per image (N={n}), got shape {g.shape}")
     if np.issubdtype(g.dtype, np.floating) and np.isnan(g).any():
@@ -152,7 +103,7 @@ def _ranking_scores(weights: np.ndarray, col: _Sorted) -> tuple[np.ndarray, np.n
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, 0 where den is 0 (scikit-learn's zero_division=0)."""
+    """Num / den, 0 where den is 0 (scikit-learn's zero_division=0)."""
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
@@ -278,9 +229,9 @@ def classification_metrics(y_true: Any, probs: Any, groups: Any = None,
         then ``confusion_matrix`` (rows = true class), ``class_names``, ``n``, ``n_groups``,
         ``n_bootstrap``, ``confidence`` and ``ci_method``.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     n, n_classes = p.shape
-    y = _check_labels(y_true, n, n_classes)
+    y = check_labels(y_true, n, n_classes)
     names = _check_options(n_bootstrap, confidence, class_names, n_classes)
     if groups is None:
         group_of, n_groups, unit = np.arange(n), None, "images"

@@ -12,16 +12,16 @@ import json
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import numpy as np
 import torch
-import yaml
 
-import dualfuse
-from dualfuse.training.checkpoints import atomic_write_bytes
+from dualfuse.data.paths import display_path
+from dualfuse.models.registry import model_class
+from dualfuse.models.spec import ModelSpec
+from dualfuse.version import __version__
 
 CARD_FILE = "metadata.json"
 SCHEMA_ID = "dualfuse-model-card/1"
@@ -30,12 +30,6 @@ INTENDED_USE = (
     "decisions; every prediction must be reviewed by a qualified clinician. Cases flagged 'refer' "
     "(confidence below the referral threshold) should always go to a specialist."
 )
-REFERENCES = {
-    "dcat": "Borah & Singh (2025), DCAT: dual cross-attention fusion of EfficientNet-B4 and ResNet-34 with "
-            "MC-dropout uncertainty.",
-    "drifa_net": "Dhar et al. (WACV 2025), DRIFA-Net: multimodal fusion learning with dual attention and "
-                 "ensemble MC dropout.",
-}
 VALUE_RANGES = {"minmax": [0.0, 1.0], None: [0.0, 1.0]}  # zscore and imagenet are unbounded
 PACKAGES = ("dualfuse", "timm", "lightning", "torchvision", "grad-cam")
 
@@ -55,15 +49,11 @@ def validate_model_card(card: dict) -> None:
 
 def _version(package: str) -> str:
     if package == "dualfuse":  # also right when run from a source tree that is not pip-installed
-        return dualfuse.__version__
+        return __version__
     try:
         return importlib_metadata.version(package)
     except importlib_metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _data_source(config: dict, sensitive: bool) -> tuple[str, str]:
@@ -72,29 +62,29 @@ def _data_source(config: dict, sensitive: bool) -> tuple[str, str]:
     parts = []
     for name, source in sources.items():
         hidden = sensitive or source.get("sensitive")
-        where = "path withheld (marked sensitive)" if hidden else source.get("path", "")
+        where = "path withheld (marked sensitive)" if hidden else display_path(source.get("path", ""))
         parts.append(f"{name}: {source.get('format')} ({where})")
     mode = config["data"].get("mode", "single")
     prefix = "zip mode (independent datasets re-paired each epoch): " if mode == "zip" else ""
     return prefix + "; ".join(parts), ", ".join(sorted({str(s.get("format")) for s in sources.values()}))
 
 
-def _network_data_format(spec: dict) -> dict:
-    prep = spec["preprocessing"]
-    size = prep["img_size"]
+def _network_data_format(spec: ModelSpec) -> dict:
+    prep = spec.preprocessing
+    size = prep.img_size
     inputs = {
         modality: {
             "type": "image", "format": "grayscale" if chans == 1 else "RGB", "num_channels": chans,
             "spatial_shape": [size, size], "dtype": "float32",
-            "value_range": VALUE_RANGES.get(prep["normalize"], [None, None]),
-            "normalization": prep["normalize"], "resize": prep["resize"],
+            "value_range": VALUE_RANGES.get(prep.normalize, [None, None]),
+            "normalization": prep.normalize, "resize": prep.resize,
         }
-        for modality, chans in prep["in_chans"].items()
+        for modality, chans in prep.in_chans.items()
     }
     outputs = {
         task: {"type": "probabilities", "format": "classes", "num_channels": len(names), "dtype": "float32",
                "value_range": [0, 1], "channel_def": {str(i): name for i, name in enumerate(names)}}
-        for task, names in spec["tasks"].items()
+        for task, names in spec.tasks.items()
     }
     return {"inputs": inputs, "outputs": outputs}
 
@@ -139,16 +129,19 @@ def _referral(stored: dict | None) -> dict | None:
             for task, entry in stored["tasks"].items()}
 
 
-def build_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
-    """The card of a run folder, from its config, model spec, metrics and calibration files."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    spec = json.loads((run_dir / "model" / "model.json").read_text())
-    trained = _read_json(run_dir / "metrics.json") or {}
-    evaluation = _read_json(run_dir / "evaluation" / "metrics.json")
-    stored = _read_json(run_dir / "model" / "uncertainty.json")
-    name = spec["model"]["name"]
-    tasks = "; ".join(f"{task} ({', '.join(names)})" for task, names in spec["tasks"].items())
+def _reference(name: str) -> list[str]:
+    """The paper the model class declares (`DualfuseModel.paper`), none for baselines."""
+    paper = getattr(model_class(name), "paper", None)
+    return [f"{paper.citation}. {paper.url}"] if paper else []
+
+
+def build_model_card(spec: ModelSpec, config: dict, trained: dict | None = None, evaluation: dict | None = None,
+                     stored: dict | None = None, sensitive: bool = False) -> dict:
+    """The card of a trained model: its spec, the resolved run config (a dict), the training and
+    evaluation summaries (`metrics.json`) and the stored calibration, validated against the schema."""
+    trained = trained or {}
+    name = spec.name
+    tasks = "; ".join(f"{task} ({', '.join(names)})" for task, names in spec.tasks.items())
     data_source, data_type = _data_source(config, sensitive)
     mc_samples = int(stored["mc_samples"]) if stored else 0
     ensemble_size = 1 + len(stored.get("ensemble", [])) if stored else 1
@@ -169,9 +162,9 @@ def build_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
         "required_packages_version": {p: _version(p) for p in PACKAGES},
         "name": name,
         "task": f"Image classification: {tasks}",
-        "description": f"{name} ({', '.join(spec['modalities'])} input"
-                       f"{'s' if len(spec['modalities']) > 1 else ''}) trained with dualfuse; "
-                       f"constructor arguments {json.dumps(spec['model']['kwargs'], sort_keys=True, default=str)}.",
+        "description": f"{name} ({', '.join(spec.modalities)} input"
+                       f"{'s' if len(spec.modalities) > 1 else ''}) trained with dualfuse; "
+                       f"constructor arguments {json.dumps(spec.kwargs, sort_keys=True, default=str)}.",
         "intended_use": INTENDED_USE,
         "data_source": data_source,
         "data_type": data_type,
@@ -183,18 +176,11 @@ def build_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
         "referral": _referral(stored),
         "training": {"epochs_trained": trained.get("epochs_trained"), "train_seconds": trained.get("train_seconds"),
                      "device": trained.get("device"), "seed": int(config.get("train", {}).get("seed", 0))},
-        "references": [REFERENCES[name]] if name in REFERENCES else [],
+        "references": _reference(name),
     }
     validate_model_card(card)
     return card
 
 
-def write_model_card(run_dir: str | Path, sensitive: bool = False) -> dict:
-    """Build, validate and write the card beside each checkpoint (`model/` and `checkpoints/`)."""
-    run_dir = Path(run_dir)
-    card = build_model_card(run_dir, sensitive)
-    payload = (json.dumps(card, indent=2) + "\n").encode()
-    for folder in (run_dir / "model", run_dir / "checkpoints"):
-        if folder.is_dir():
-            atomic_write_bytes(folder / CARD_FILE, payload)
-    return card
+def card_json(card: dict) -> bytes:
+    return (json.dumps(card, indent=2) + "\n").encode()

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dualfuse.models.spec import ModelSpec
 from dualfuse.uncertainty.ensemble import ensemble_mc_logits
 from dualfuse.uncertainty.measures import uncertainty_measures
 
 
-def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = logits / temperature
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
@@ -43,10 +44,10 @@ class Predictions:
         return list(self.logits)
 
     def deterministic_probs(self, task: str) -> np.ndarray:
-        return _softmax(self.logits[task], self.temperature.get(task, 1.0))
+        return softmax(self.logits[task], self.temperature.get(task, 1.0))
 
     def sample_probs(self, task: str) -> np.ndarray:
-        return _softmax(self.sample_logits[task], self.temperature.get(task, 1.0))
+        return softmax(self.sample_logits[task], self.temperature.get(task, 1.0))
 
     def probs(self, task: str) -> np.ndarray:
         """The reported probabilities: the mean over MC samples if there are any, else the eval-mode softmax."""
@@ -61,7 +62,7 @@ class Predictions:
         components = [_component(case_id, modality) for case_id in self.case_ids]
         return np.array(sorted({cid: i for i, cid in reversed(list(enumerate(components)))}.values()), dtype=int)
 
-    def for_task(self, task: str, modality: str | None = None) -> "Predictions":
+    def for_task(self, task: str, modality: str | None = None) -> Predictions:
         """One task's cases. In zip mode a case id joins one image per modality
         (`mri:a.jpg|xray:train_3`); each task is judged on its own modality's images, once each."""
         rows = self.task_rows(modality)
@@ -85,34 +86,29 @@ def _component(case_id: str, modality: str) -> str:
 
 def model_inputs(batch: dict, modalities: list[str], model: nn.Module, device: torch.device | str = "cpu"):
     """What `model` takes from a loader batch: a dict of modalities for multi-input models, else one tensor."""
-    if getattr(model, "modalities", None):
+    if model.multi_input:
         return {m: batch[m].to(device) for m in modalities}
     return batch[modalities[0]].to(device)
 
 
-def _as_task_dict(outputs, tasks: list[str]) -> dict[str, torch.Tensor]:
-    return {tasks[0]: outputs} if isinstance(outputs, torch.Tensor) else outputs
-
-
 @torch.no_grad()
-def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, spec: dict,
+def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, spec: ModelSpec,
                    device: str | torch.device = "cpu", mc_samples: int = 0, seed: int = 0) -> Predictions:
     """Run the model(s) over `loader`: eval-mode logits of the first model, and with `mc_samples > 0`
     T MC-dropout samples from every model (K·T in all; the MC seeds of batch i derive from `seed + i`)."""
     device = torch.device(device)
     models = [models] if isinstance(models, nn.Module) else list(models)
     models = [model.to(device).eval() for model in models]
-    tasks, modalities = list(spec["tasks"]), list(spec["modalities"])
+    tasks, modalities = list(spec.tasks), list(spec.modalities)
     case_ids, patient_ids = [], []
     logits: dict[str, list] = {t: [] for t in tasks}
     samples: dict[str, list] = {t: [] for t in tasks}
     labels: dict[str, list] = {t: [] for t in tasks}
     for batch_index, batch in enumerate(loader):
         inputs = model_inputs(batch, modalities, models[0], device)
-        outputs = _as_task_dict(models[0](inputs), tasks)
+        outputs = models[0](inputs)
         if mc_samples:
-            drawn = _as_task_dict(ensemble_mc_logits(models, inputs, mc_samples, fast=True,
-                                                     seed=seed * 1_000_003 + batch_index), tasks)
+            drawn = ensemble_mc_logits(models, inputs, mc_samples, fast=True, seed=seed * 1_000_003 + batch_index)
         for task in tasks:
             logits[task].append(outputs[task].float().cpu().numpy())
             if mc_samples:
@@ -121,7 +117,7 @@ def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, 
                 labels[task].append(batch[task].cpu().numpy())
         case_ids.extend(batch["case_id"])
         patient_ids.extend(batch["patient_id"])
-    n_classes = {t: len(c) for t, c in spec["tasks"].items()}
+    n_classes = {t: len(c) for t, c in spec.tasks.items()}
     return Predictions(
         case_ids, patient_ids,
         {t: np.concatenate(v) if v else np.zeros((0, n_classes[t]), np.float32) for t, v in logits.items()},

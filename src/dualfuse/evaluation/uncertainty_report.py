@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualfuse.evaluation.predictions import Predictions, _softmax
+from dualfuse.evaluation.predictions import Predictions, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
@@ -26,13 +26,13 @@ CONFORMAL_SCORES = ("lac", "aps")
 def _calibration(predictions: Predictions, task: str, temperature: float, n_bins: int) -> dict:
     y = predictions.labels[task]
     report = {
-        "deterministic": calibration_report(_softmax(predictions.logits[task]), y, n_bins),
-        "deterministic_temperature": calibration_report(_softmax(predictions.logits[task], temperature), y, n_bins),
+        "deterministic": calibration_report(softmax(predictions.logits[task]), y, n_bins),
+        "deterministic_temperature": calibration_report(softmax(predictions.logits[task], temperature), y, n_bins),
     }
     if task in predictions.sample_logits:
         samples = predictions.sample_logits[task]
-        report["mc"] = calibration_report(_softmax(samples).mean(axis=0), y, n_bins)
-        report["mc_temperature"] = calibration_report(_softmax(samples, temperature).mean(axis=0), y, n_bins)
+        report["mc"] = calibration_report(softmax(samples).mean(axis=0), y, n_bins)
+        report["mc_temperature"] = calibration_report(softmax(samples, temperature).mean(axis=0), y, n_bins)
     return report
 
 
@@ -108,6 +108,6 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
         }
     if ood is not None and "test" in splits and task in splits["test"].sample_logits:
         test = splits["test"]
-        report["ood"] = ood_report(uncertainty_measures(_softmax(test.sample_logits[task], temperature)),
-                                   uncertainty_measures(_softmax(ood.sample_logits[task], temperature)))
+        report["ood"] = ood_report(uncertainty_measures(softmax(test.sample_logits[task], temperature)),
+                                   uncertainty_measures(softmax(ood.sample_logits[task], temperature)))
     return report

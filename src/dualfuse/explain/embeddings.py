@@ -14,23 +14,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dualfuse.evaluation.predictions import model_inputs
+from dualfuse.models.spec import ModelSpec
 
 
 @torch.no_grad()
 def fused_features(model: nn.Module, inputs) -> torch.Tensor:
     """(B, num_features): the eval-mode input of the task heads."""
-    features = model.forward_features(inputs)
-    if isinstance(features, torch.Tensor):
-        return features
-    return model.forward_head(features, pre_logits=True)  # per-modality maps → pooled and joined
+    return model.forward_head(model.forward_features(inputs), pre_logits=True)
 
 
 @torch.no_grad()
-def embed_loader(model: nn.Module, loader: DataLoader, spec: dict, device: str | torch.device = "cpu") -> np.ndarray:
+def embed_loader(model: nn.Module, loader: DataLoader, spec: ModelSpec, device: str | torch.device = "cpu") -> np.ndarray:
     """(N, num_features) fused features of every case in `loader`, in loader order."""
     device = torch.device(device)
     model = model.to(device).eval()
-    chunks = [fused_features(model, model_inputs(batch, spec["modalities"], model, device)).float().cpu().numpy()
+    chunks = [fused_features(model, model_inputs(batch, spec.modalities, model, device)).float().cpu().numpy()
               for batch in loader]
     return np.concatenate(chunks) if chunks else np.zeros((0, getattr(model, "num_features", 0)), np.float32)
 

@@ -1,18 +1,10 @@
 """Class activation maps for every dualfuse model, through the `grad-cam` library.
 
-Default target layers (the map a reader expects to see for each model):
-
-- `dcat`: the enhanced-CBAM output of every fusion scale (strides 8 and 16), averaged: the fused,
-  refined maps that the head pools.
-- `drifa_net`: per modality, the last stage of that modality's branch (before the final MIFA):
-  one map per modality.
-- `timm_classifier`: the backbone's last feature stage (timm's `feature_info[-1]`).
-- `concat_fusion`: each trunk's last stage; averaged into one map when the trunks share one image,
-  one map per modality when they see different ones.
-
-Maps come back at the model's input size, in [0, 1], for the class asked (default: the predicted
-class). Multi-input models are wrapped so the library sees one tensor (modalities stacked along
-channels) and one task's logits.
+Each model names its own target layers (`DualfuseModel.cam_target_layers`): DCAT the refined
+fusion maps of every scale, DRIFA-Net the last stage of each modality's branch (one map per
+modality), the baselines their trunks' last stages. Maps come back at the model's input size, in
+[0, 1], for the class asked (default: the predicted class). Multi-input models are wrapped so the
+library sees one tensor (modalities stacked along channels) and one task's logits.
 """
 from __future__ import annotations
 
@@ -27,40 +19,11 @@ from torch import nn
 from dualfuse.explain import CAM_METHOD_NAMES
 
 CAM_METHODS = dict(zip(CAM_METHOD_NAMES, (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM, EigenCAM)))
-IMAGE_MAP = "image"  # the map name of single-input models
-
-
-def _last_timm_stage(backbone: nn.Module) -> nn.Module:
-    return backbone.get_submodule(backbone.feature_info[-1]["module"])
-
-
-def _last_trunk_stage(trunk: nn.Module) -> nn.Module:
-    """A whole timm backbone, or `Sequential(FeatureTaps, pool)` cut at a tap."""
-    if isinstance(trunk, nn.Sequential):
-        return trunk[0].stages[-1]
-    return _last_timm_stage(trunk)
-
-
-def default_target_layers(model: nn.Module) -> dict[str, list[nn.Module]]:
-    """`{map name: layers}`: one entry per modality for multi-input models, else one `"image"` map."""
-    if hasattr(model, "branches"):  # DRIFA-Net
-        return {name: [branch.stages[-1]] for name, branch in zip(model.modalities, model.branches)}
-    if hasattr(model, "fusions") and hasattr(model, "eff"):  # DCAT
-        return {IMAGE_MAP: [fusion.refine for fusion in model.fusions]}
-    if hasattr(model, "trunks"):  # concat fusion
-        layers = [_last_trunk_stage(trunk) for trunk in model.trunks]
-        if model.modalities is None:
-            return {IMAGE_MAP: layers}
-        return {name: [layer] for name, layer in zip(model.modalities, layers)}
-    if hasattr(model, "backbone") and hasattr(model.backbone, "feature_info"):  # timm classifier
-        return {IMAGE_MAP: [_last_timm_stage(model.backbone)]}
-    raise ValueError(f"no default Grad-CAM target layer for {type(model).__name__}; pass target_layers")
 
 
 def model_modalities(model: nn.Module) -> list[str] | None:
     """The modality names a multi-input model takes, `None` for a single-image model."""
-    names = getattr(model, "modalities", None)
-    return list(names) if names else None
+    return list(model.modalities) if model.multi_input else None
 
 
 class TaskLogits(nn.Module):
@@ -83,12 +46,10 @@ class TaskLogits(nn.Module):
             outputs = self.model(x)
         else:
             outputs = self.model(dict(zip(self.modalities, torch.split(x, self.channels, dim=1))))
-        if isinstance(outputs, Mapping):
-            task = self.task or next(iter(outputs))
-            if task not in outputs:
-                raise ValueError(f"unknown task {task!r}; the model predicts {list(outputs)}")
-            return outputs[task]
-        return outputs
+        task = self.task or next(iter(outputs))
+        if task not in outputs:
+            raise ValueError(f"unknown task {task!r}; the model predicts {list(outputs)}")
+        return outputs[task]
 
 
 def stack_inputs(model: nn.Module, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -132,7 +93,7 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor | Mapping[str, 
         raise ValueError(f"target_class has {len(classes)} entries for {len(x)} cases")
     targets = [ClassifierOutputTarget(c) for c in classes]
     maps = {}
-    for name, layers in (target_layers or default_target_layers(model)).items():
+    for name, layers in (target_layers or model.cam_target_layers()).items():
         with CAM_METHODS[method](model=wrapped, target_layers=list(layers)) as cam:
             maps[name] = np.nan_to_num(cam(input_tensor=x, targets=targets)).astype(np.float32)
     return maps

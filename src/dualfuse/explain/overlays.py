@@ -1,4 +1,4 @@
-"""Grad-CAM overlays as PNG files: `dualfuse explain CHECKPOINT INPUTS`.
+"""Grad-CAM overlays as PNG images, for `dualfuse explain` and the report's galleries.
 
 Overlays are drawn on the image as the model saw it (after resizing, before normalisation is
 undone only for display), so every pixel of the heat map lines up with what the model looked at.
@@ -6,18 +6,19 @@ undone only for display), so every pixel of the heat map lines up with what the 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from dataclasses import dataclass
+from io import BytesIO
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
+from torch import nn
 
 from dualfuse.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dualfuse.evaluation.predictions import model_inputs
 from dualfuse.explain.gradcam import class_activation_maps
-from dualfuse.training.checkpoints import atomic_write_bytes
+from dualfuse.models.spec import ModelSpec
 
 
 def display_image(image: torch.Tensor, normalize: str | None) -> np.ndarray:
@@ -44,8 +45,6 @@ def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.55) -> n
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    from io import BytesIO
-
     buffer = BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -56,47 +55,33 @@ def safe_name(text: str, limit: int = 80) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit] or "case"
 
 
-def explain(checkpoint: str | Path, inputs: list[str], output: str | Path, method: str = "gradcam",
-            target_class: str | None = None, task: str | None = None, batch_size: int = 16) -> pd.DataFrame:
-    """Write one overlay PNG per case and map (one map per modality for multi-input models) to
-    `output`, plus `explanations.csv` listing each file with the explained and predicted class."""
-    from dualfuse.training.run import load_for_inference, prediction_loader
+@dataclass
+class Overlay:
+    """One Grad-CAM overlay: the case, the map (a modality, or "image"), the PNG, and what it explains."""
 
-    model, spec = load_for_inference(checkpoint)
-    tasks = spec["tasks"]
-    task = task or next(iter(tasks))
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; the model predicts {list(tasks)}")
-    names = tasks[task]
-    if target_class is not None and target_class not in names:
-        raise ValueError(f"unknown class {target_class!r} for task {task!r}; classes are {names}")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    modalities = spec["modalities"]
-    normalize = spec["preprocessing"]["normalize"]
-    rows, used = [], set()
-    for batch in prediction_loader(inputs, spec, batch_size=batch_size):
-        x = model_inputs(batch, modalities, model)
-        with torch.no_grad():
-            logits = model(x)
-            logits = logits[task] if isinstance(logits, dict) else logits
-        probs = torch.softmax(logits.float(), dim=1)
-        predicted = probs.argmax(dim=1).tolist()
-        explained = predicted if target_class is None else [names.index(target_class)] * len(predicted)
-        maps = class_activation_maps(model, x, explained, task=task, method=method)
-        for i, case_id in enumerate(batch["case_id"]):
-            stem = safe_name(case_id)
-            while stem in used:
-                stem += "_"
-            used.add(stem)
-            for map_name, cams in maps.items():
-                modality = map_name if map_name in modalities else modalities[0]
-                picture = overlay(display_image(batch[modality][i], normalize), cams[i])
-                file = output / f"{stem}_{map_name}_{method}.png"
-                atomic_write_bytes(file, png_bytes(picture))
-                rows.append({"case_id": case_id, "map": map_name, "file": file.name, "task": task,
-                             "explained_class": names[explained[i]], "predicted_class": names[predicted[i]],
-                             "probability": float(probs[i, predicted[i]])})
-    frame = pd.DataFrame(rows)
-    atomic_write_bytes(output / "explanations.csv", frame.to_csv(index=False).encode())
-    return frame
+    case_id: str
+    map_name: str
+    png: bytes
+    explained_class: int
+    predicted_class: int
+    probability: float
+
+
+def explain_batch(model: nn.Module, spec: ModelSpec, batch: dict, task: str, method: str = "gradcam",
+                  target_class: int | None = None) -> list[Overlay]:
+    """Grad-CAM overlays of one loader batch for `task`: one per case and map, each drawn on the
+    image as the model saw it, explaining `target_class` (default: each case's predicted class)."""
+    x = model_inputs(batch, spec.modalities, model)
+    with torch.no_grad():
+        probs = torch.softmax(model(x)[task].float(), dim=1)
+    predicted = probs.argmax(dim=1).tolist()
+    explained = predicted if target_class is None else [target_class] * len(predicted)
+    maps = class_activation_maps(model, x, explained, task=task, method=method)
+    overlays = []
+    for i, case_id in enumerate(batch["case_id"]):
+        for map_name, cams in maps.items():
+            modality = map_name if map_name in spec.modalities else spec.modalities[0]
+            picture = overlay(display_image(batch[modality][i], spec.preprocessing.normalize), cams[i])
+            overlays.append(Overlay(case_id, map_name, png_bytes(picture), explained[i], predicted[i],
+                                    float(probs[i, predicted[i]])))
+    return overlays

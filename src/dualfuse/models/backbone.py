@@ -17,7 +17,7 @@ import timm
 import torch
 from torch import nn
 
-Pretrained = Union[bool, str, os.PathLike, Mapping[str, Union[bool, str, os.PathLike]]]
+Pretrained = Union[bool, str, os.PathLike, Mapping[str, bool | str | os.PathLike]]
 
 PROBE_SIZE = 224  # input size used once at construction to measure channels and strides
 
@@ -153,7 +153,7 @@ class FeatureTaps(nn.Module):
 
 
 def stage_end_taps(model: nn.Module) -> list[str]:
-    """timm's own stage ends (`feature_info`), skipping the stem-level entry at stride 2."""
+    """Timm's own stage ends (`feature_info`), skipping the stem-level entry at stride 2."""
     infos = model.feature_info.get_dicts() if hasattr(model.feature_info, "get_dicts") else model.feature_info
     return [info["module"] for info in infos if info["reduction"] > 2]
 

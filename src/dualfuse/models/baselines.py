@@ -5,18 +5,19 @@ from the fusion, not the head.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from dualfuse.models.backbone import Pretrained, create_backbone, create_feature_taps, resolve_pretrained
-from dualfuse.models.heads import ClassifierHead, SingleHeadMixin
+from dualfuse.models.base import IMAGE_MAP, last_feature_stage, single_task
+from dualfuse.models.heads import ClassifierHead, SingleHeadModel
 from dualfuse.models.inputs import check_image, collect_modalities, modality_names, per_modality, upsample_to_min_size
 from dualfuse.models.registry import register_model
 
 
-class TimmClassifier(SingleHeadMixin, nn.Module):
+class TimmClassifier(SingleHeadModel):
     """Any timm model, globally pooled, with a Dropout → Linear head (MC dropout samples the head).
 
     Args:
@@ -27,24 +28,29 @@ class TimmClassifier(SingleHeadMixin, nn.Module):
         backbone_kwargs: passed to `timm.create_model` (e.g. `drop_path_rate`).
     """
 
-    def __init__(self, backbone: str = "resnet18", num_classes: int = 2, in_chans: int = 3,
+    def __init__(self, backbone: str = "resnet18", num_classes: int | Mapping[str, int] = 2, in_chans: int = 3,
                  pretrained: Pretrained = False, head_hidden: int = 0, drop_rate: float = 0.3,
                  min_input_size: int = 32, **backbone_kwargs):
         super().__init__()
         self.in_chans = in_chans
-        self.num_classes = num_classes
+        self.task, self.num_classes = single_task(num_classes, "timm_classifier")
+        self.tasks = {self.task: self.num_classes}
         self.min_input_size = min_input_size
         self.backbone = create_backbone(backbone, resolve_pretrained(pretrained, backbone), in_chans, **backbone_kwargs)
         self.num_features = self.backbone.num_features
-        self.head = ClassifierHead(self.num_features, num_classes, head_hidden, drop_rate)
+        self.head = ClassifierHead(self.num_features, self.num_classes, head_hidden, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = upsample_to_min_size(check_image(x, self.in_chans), self.min_input_size)
         return self.backbone(x)
 
+    def cam_target_layers(self) -> dict[str, list[nn.Module]]:
+        """The backbone's last feature stage (timm's `feature_info[-1]`)."""
+        return {IMAGE_MAP: [last_feature_stage(self.backbone)]}
 
 
-class ConcatFusion(SingleHeadMixin, nn.Module):
+
+class ConcatFusion(SingleHeadModel):
     """Two or more CNNs, each globally average-pooled, features concatenated: fusion without attention.
 
     Args:
@@ -56,7 +62,10 @@ class ConcatFusion(SingleHeadMixin, nn.Module):
         pretrained: `True`, `False`, or `{backbone_name: True | False | path}`.
     """
 
-    def __init__(self, backbones: Sequence[str] = ("efficientnet_b4", "resnet34"), num_classes: int = 2,
+    inputs = "either"
+
+    def __init__(self, backbones: Sequence[str] = ("efficientnet_b4", "resnet34"),
+                 num_classes: int | Mapping[str, int] = 2,
                  in_chans: int | Sequence[int] = 3, taps: Sequence[str] | None = None,
                  modalities: int | Sequence[str] | None = None, pretrained: Pretrained = False,
                  head_hidden: int = 256, drop_rate: float = 0.3, min_input_size: int = 32):
@@ -74,7 +83,8 @@ class ConcatFusion(SingleHeadMixin, nn.Module):
             raise ValueError("backbones sharing one image need the same in_chans")
         # One int when the backbones share an image, one per modality otherwise (as DRIFA-Net).
         self.in_chans = chans_per_trunk if self.modalities else chans_per_trunk[0]
-        self.num_classes = num_classes
+        self.task, self.num_classes = single_task(num_classes, "concat_fusion")
+        self.tasks = {self.task: self.num_classes}
         self.min_input_size = min_input_size
 
         trunks = []
@@ -86,7 +96,7 @@ class ConcatFusion(SingleHeadMixin, nn.Module):
                 trunks.append(nn.Sequential(create_feature_taps(name, [taps[index]], weights, chans), _LastMapPool()))
         self.trunks = nn.ModuleList(trunks)
         self.num_features = sum(_num_features(trunk) for trunk in self.trunks)
-        self.head = ClassifierHead(self.num_features, num_classes, head_hidden, drop_rate)
+        self.head = ClassifierHead(self.num_features, self.num_classes, head_hidden, drop_rate)
 
     def forward_features(self, inputs) -> torch.Tensor:
         if self.modalities is None:
@@ -96,6 +106,13 @@ class ConcatFusion(SingleHeadMixin, nn.Module):
         images = [upsample_to_min_size(x, self.min_input_size) for x in images]
         return torch.cat([trunk(x) for trunk, x in zip(self.trunks, images)], dim=1)
 
+    def cam_target_layers(self) -> dict[str, list[nn.Module]]:
+        """Each trunk's last stage: averaged into one map when the trunks share one image, else one per modality."""
+        layers = [trunk[0].stages[-1] if isinstance(trunk, nn.Sequential) else last_feature_stage(trunk)
+                  for trunk in self.trunks]
+        if self.modalities is None:
+            return {IMAGE_MAP: layers}
+        return {name: [layer] for name, layer in zip(self.modalities, layers)}
 
 
 class _LastMapPool(nn.Module):

@@ -1,6 +1,6 @@
 """DCAT: dual cross-attention fusion of EfficientNet-B4 and ResNet-34 (Borah & Singh, arXiv 2503.11851).
 
-Reading top to bottom (see `shared/design/models.md`; [paper] stated, [ours] our choice):
+Reading top to bottom (see `docs/models.md`; [paper] stated, [ours] our choice):
 
 1. Two CNN trunks see the same image. Taps at strides 8 and 16 [paper]: EfficientNet-B4 blocks 3
    and 4 (timm `blocks.2` 56 ch, `blocks.3` 112 ch) and ResNet-34 `layer2` (128 ch) and `layer3`
@@ -17,7 +17,7 @@ trunks maps of different size, the ResNet map is resized to the EfficientNet map
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ from timm.layers import ConvNormAct
 from torch import nn
 
 from dualfuse.models.backbone import Pretrained, create_feature_taps, resolve_pretrained
-from dualfuse.models.heads import ClassifierHead, SingleHeadMixin, global_avg_max
+from dualfuse.models.base import IMAGE_MAP, PaperReference, single_task
+from dualfuse.models.heads import ClassifierHead, SingleHeadModel, global_avg_max
 from dualfuse.models.inputs import check_image, upsample_to_min_size
 from dualfuse.models.layers import BidirectionalCrossAttention, EnhancedCbam
 from dualfuse.models.registry import register_model
@@ -52,11 +53,12 @@ class DualCrossAttentionFusion(nn.Module):
         return self.refine(self.fuse(torch.cat([eff, res], dim=1)))
 
 
-class DCAT(SingleHeadMixin, nn.Module):
+class DCAT(SingleHeadModel):
     """Dual cross-attention fusion of two CNNs at several scales, with an MC-dropout head.
 
     Args:
-        num_classes: classes of the single task (2 for binary).
+        num_classes: classes of the single task (2 for binary), or `{task_name: classes}` to name it
+            (default name "label"); `forward` returns `{task_name: logits}`.
         in_chans: 1 (grey X-ray, CT, MRI) or 3.
         eff_backbone, res_backbone: timm CNN names; any pair whose taps have matching strides works.
         eff_taps, res_taps: module names to tap, paired by position (one pair per scale). A single
@@ -76,9 +78,13 @@ class DCAT(SingleHeadMixin, nn.Module):
         min_input_size: shorter sides below this are upsampled first.
     """
 
+    paper = PaperReference(
+        "Borah & Singh (2025), DCAT: dual cross-attention fusion of EfficientNet-B4 and ResNet-34 with "
+        "MC-dropout uncertainty", "https://arxiv.org/abs/2503.11851")
+
     def __init__(
         self,
-        num_classes: int = 2,
+        num_classes: int | Mapping[str, int] = 2,
         in_chans: int = 3,
         eff_backbone: str = "efficientnet_b4",
         res_backbone: str = "resnet34",
@@ -107,7 +113,8 @@ class DCAT(SingleHeadMixin, nn.Module):
         kv_pools = [kv_pool] * len(eff_taps) if isinstance(kv_pool, int) else list(kv_pool)
         if len(kv_pools) != len(eff_taps):
             raise ValueError(f"kv_pool needs one value per scale ({len(eff_taps)}), got {kv_pools}")
-        self.num_classes = num_classes
+        self.task, self.num_classes = single_task(num_classes, "dcat")
+        self.tasks = {self.task: self.num_classes}
         self.in_chans = in_chans
         self.merge = merge
         self.min_input_size = min_input_size
@@ -127,7 +134,7 @@ class DCAT(SingleHeadMixin, nn.Module):
         )
         self.merge_conv = ConvNormAct(embed_dim * len(self.fusions), embed_dim, 1) if merge == "maps" else None
         self.num_features = 2 * embed_dim * (len(self.fusions) if merge == "pool" else 1)
-        self.head = ClassifierHead(self.num_features, num_classes, head_hidden, drop_rate)
+        self.head = ClassifierHead(self.num_features, self.num_classes, head_hidden, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The fused descriptor (B, num_features): deterministic, everything before the head."""
@@ -139,6 +146,9 @@ class DCAT(SingleHeadMixin, nn.Module):
         maps = [F.adaptive_avg_pool2d(f, size) if f.shape[-2:] != size else f for f in fused]
         return global_avg_max(self.merge_conv(torch.cat(maps, dim=1)))
 
+    def cam_target_layers(self) -> dict[str, list[nn.Module]]:
+        """The enhanced-CBAM output of every fusion scale, averaged: the fused maps the head pools."""
+        return {IMAGE_MAP: [fusion.refine for fusion in self.fusions]}
 
 
 @register_model

@@ -1,6 +1,6 @@
 """DRIFA-Net: dual robust information fusion attention (Dhar et al., WACV 2025, arXiv 2412.01248).
 
-Reading top to bottom (see `shared/design/models.md`; [code] = the authors' notebooks):
+Reading top to bottom (see `docs/models.md`; [code] = the authors' notebooks):
 
 1. One branch per modality, no weight sharing. The default branch is the notebooks' RRA-18 [code]:
    stem conv7x7/2 → MFA → BN → ReLU → maxpool, then eight RRA blocks (widths 64, 64, 128/2, 128,
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dualfuse.models.backbone import Pretrained, create_feature_taps, resolve_pretrained
+from dualfuse.models.base import DualfuseModel, PaperReference, task_classes
 from dualfuse.models.inputs import collect_modalities, modality_names, per_modality
 from dualfuse.models.layers import MFA, MIFA, RRABlock
 from dualfuse.models.registry import register_model
@@ -35,22 +36,6 @@ from dualfuse.models.registry import register_model
 MC_DROPOUT_PLACEMENTS = ("paper", "head")
 RRA18_WIDTHS = (64, 64, 128, 128, 256, 256, 512, 512)
 RRA18_STRIDES = (1, 1, 2, 1, 2, 1, 2, 1)
-
-
-def task_classes(num_classes: int | Sequence[int] | Mapping[str, int]) -> dict[str, int]:
-    """`4` → `{"label": 4}`; `[4, 2]` → `{"task0": 4, "task1": 2}`; a mapping names the tasks itself."""
-    if isinstance(num_classes, int):
-        tasks = {"label": num_classes}
-    elif isinstance(num_classes, Mapping):
-        tasks = {str(name): int(n) for name, n in num_classes.items()}
-    else:
-        tasks = {f"task{i}": int(n) for i, n in enumerate(num_classes)}
-    if not tasks:
-        raise ValueError("num_classes must name at least one task")
-    for name, n in tasks.items():
-        if n < 2:
-            raise ValueError(f"task {name!r}: num_classes must be at least 2 (binary tasks use 2 logits), got {n}")
-    return tasks
 
 
 class DRIFABranch(nn.Module):
@@ -108,7 +93,7 @@ def timm_branch(backbone: str, in_chans: int, pretrained: bool | str, mfa: Calla
     return DRIFABranch(nn.Identity(), list(trunk.stages), drops, attns, trunk.channels[-1]), trunk.channels
 
 
-class DRIFANet(nn.Module):
+class DRIFANet(DualfuseModel):
     """Multimodal fusion with dual (per-branch MFA and cross-branch MIFA) attention and multitask heads.
 
     Args:
@@ -123,6 +108,11 @@ class DRIFANet(nn.Module):
         mc_dropout: `"paper"` (branch + head dropout) or `"head"` (head dropout only).
         use_mfa, use_hifa, use_clia, use_mifa, use_mgifa, use_mlifa: ablation switches.
     """
+
+    paper = PaperReference(
+        "Dhar et al. (WACV 2025), DRIFA-Net: multimodal fusion learning with dual attention and ensemble "
+        "MC dropout", "https://arxiv.org/abs/2412.01248")
+    inputs = "modalities"
 
     def __init__(
         self,
@@ -215,6 +205,10 @@ class DRIFANet(nn.Module):
 
     def forward(self, inputs) -> dict[str, torch.Tensor]:
         return self.forward_stochastic(self.forward_deterministic(inputs))
+
+    def cam_target_layers(self) -> dict[str, list[nn.Module]]:
+        """Per modality, the last stage of its branch (before the final MIFA): one map per modality."""
+        return {name: [branch.stages[-1]] for name, branch in zip(self.modalities, self.branches)}
 
 
 @register_model

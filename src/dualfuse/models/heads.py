@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dualfuse.models.base import DualfuseModel
+
 
 class ClassifierHead(nn.Sequential):
     """Dropout → Linear(hidden) → ReLU → Dropout → Linear(classes); `hidden=0` gives Dropout → Linear.
@@ -29,20 +31,26 @@ def global_avg_max(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
 
 
-class SingleHeadMixin:
-    """`forward` = `forward_head(forward_features(x))` for models whose dropout all sits in `self.head`.
+class SingleHeadModel(DualfuseModel):
+    """A model with one task whose dropout all sits in `self.head`: `forward` = head(features).
 
-    Then the MC-dropout split is exactly the features / head split.
+    Then the MC-dropout split is exactly the features / head split. Subclasses set `self.task`
+    (the task's name), `self.head` and `forward_features`.
     """
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+    task: str
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False):
+        """`{task: logits}`; with `pre_logits` the fused feature vector the head reads."""
+        if pre_logits:
+            return features
+        return {self.task: self.head(features)}
 
     def forward_deterministic(self, inputs) -> torch.Tensor:
         return self.forward_features(inputs)
 
-    def forward_stochastic(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_stochastic(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(features)
 
-    def forward(self, inputs) -> torch.Tensor:
+    def forward(self, inputs) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(inputs))

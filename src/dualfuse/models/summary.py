@@ -12,10 +12,9 @@ from dualfuse.models.registry import create_model, list_models, model_descriptio
 
 def example_inputs(model: nn.Module, img_size: int, batch_size: int = 1):
     """A random input of the structure the model's `forward` takes (one tensor, or one per modality)."""
-    names = getattr(model, "modalities", None)
-    if names:
+    if model.multi_input:
         return {name: torch.randn(batch_size, chans, img_size, img_size)
-                for name, chans in zip(names, model.in_chans)}
+                for name, chans in zip(model.modalities, model.in_chans)}
     return torch.randn(batch_size, model.in_chans, img_size, img_size)
 
 

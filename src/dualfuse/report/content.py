@@ -1,33 +1,29 @@
-"""Everything the report shows, computed from a run folder: one pass over the val and test splits.
+"""Everything the report shows, computed from a loaded run and its val/test predictions.
 
-The report recomputes its numbers with the same functions as `evaluate` (metrics with bootstrap
-CIs, MC dropout, temperature, referral, conformal sets), so what a clinician reads is what the
-saved model does: with the calibration stored by `evaluate --mc-samples`, or, for an uncalibrated
-run, with a temperature and a 90%-coverage referral threshold fitted here on the validation split.
+The report uses the same functions as `evaluate` (metrics with bootstrap CIs, MC dropout,
+temperature, referral, conformal sets), so what a clinician reads is what the saved model does.
+Loading the run and choosing its calibration is the API's job (`dualfuse.api.report`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from dualfuse.config import load_run_config
 from dualfuse.data.datamodule import ClassificationDataModule
+from dualfuse.data.paths import display_path
 from dualfuse.evaluation.metrics import METRICS
-from dualfuse.evaluation.predictions import Predictions, model_inputs, predict_loader
-from dualfuse.evaluation.uncertainty_report import calibrate, task_report
+from dualfuse.evaluation.predictions import Predictions, model_inputs
+from dualfuse.evaluation.summary import has_patient_ids, task_metrics
+from dualfuse.evaluation.uncertainty_report import task_report
 from dualfuse.explain.embeddings import embed_loader, tsne_map
 from dualfuse.explain.gradcam import class_activation_maps
 from dualfuse.explain.overlays import display_image, overlay, png_bytes
+from dualfuse.models.spec import ModelSpec
 from dualfuse.report import figures
-from dualfuse.training.checkpoints import load_model
-from dualfuse.training.run import (UNCERTAINTY_FILE, default_device, has_patient_ids, load_for_inference,
-                                  split_metrics)
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.selective import risk_coverage_curve
 
@@ -125,27 +121,27 @@ def _collate(samples: list[dict], modalities: list[str]) -> dict:
     return {m: torch.stack([s[m] for s in samples]) for m in modalities}
 
 
-def _gallery(model, spec: dict, dataset, rows: np.ndarray, view: Predictions, task: str, modality: str | None,
+def _gallery(model, spec: ModelSpec, dataset, rows: np.ndarray, view: Predictions, task: str, modality: str | None,
              order: np.ndarray, redact: bool, split: str, cam_method: str,
              entropy: np.ndarray) -> list[GalleryCase]:
     """Grad-CAM overlays of the chosen view rows (explaining each case's predicted class)."""
     if not len(order):
         return []
-    names = spec["tasks"][task]
+    names = spec.tasks[task]
     samples = [dataset[int(rows[i])] for i in order]
-    batch = _collate(samples, spec["modalities"])
+    batch = _collate(samples, spec.modalities)
     probs = view.probs(task)[order]
     predicted = probs.argmax(axis=1)
-    maps = class_activation_maps(model, model_inputs(batch, spec["modalities"], model), predicted.tolist(),
+    maps = class_activation_maps(model, model_inputs(batch, spec.modalities, model), predicted.tolist(),
                                  task=task, method=cam_method)
     if modality is not None:  # zip mode: a task is about its own modality's image
         maps = {name: m for name, m in maps.items() if name == modality} or maps
-    normalize = spec["preprocessing"]["normalize"]
+    normalize = spec.preprocessing.normalize
     cases = []
     for k, i in enumerate(order):
         images = []
         for map_name, cams in maps.items():
-            source = map_name if map_name in batch else (modality or spec["modalities"][0])
+            source = map_name if map_name in batch else (modality or spec.modalities[0])
             picture = display_image(batch[source][k], normalize)
             images.append((source, png_bytes((picture * 255).round().astype(np.uint8))))
             images.append((f"{source} Grad-CAM", png_bytes(overlay(picture, cams[k]))))
@@ -169,14 +165,14 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def _task_section(task: str, spec: dict, model, members, data: ClassificationDataModule, raw: dict[str, Predictions],
+def _task_section(task: str, spec: ModelSpec, model, members, data: ClassificationDataModule, raw: dict[str, Predictions],
                   stored: dict, config, split: str, gallery_size: int, cam_method: str, redact: bool,
                   max_tsne_points: int, device: str, alpha: float) -> TaskSection:
-    modality = spec.get("task_modality", {}).get(task)
+    modality = spec.modality_of(task)
     views = {s: p.for_task(task, modality) for s, p in raw.items()}
-    names = spec["tasks"][task]
-    metrics = {s: split_metrics(v, {"tasks": {task: names}}, has_patient_ids(data.datasets[s]), config.eval.n_bootstrap,
-                                config.eval.confidence, config.train.seed).get(task, {}) for s, v in views.items()}
+    names = spec.tasks[task]
+    metrics = {s: task_metrics(v, task, names, has_patient_ids(data.datasets[s]), config.eval, config.train.seed)
+               for s, v in views.items()}
     report = task_report(views, task, stored, alpha)
     view = views[split]
     view.temperature = {task: stored["temperature"]}
@@ -226,64 +222,29 @@ def _task_section(task: str, spec: dict, model, members, data: ClassificationDat
     return section
 
 
-def collect_report(run_dir: str | Path, mc_samples: int | None = None, gallery_size: int = 6,
-                   cam_method: str = "gradcam", redact: bool = False, max_tsne_points: int = 1500,
-                   device: str | None = None, alpha: float = 0.1) -> ReportContent:
-    """Predict the run's val and test splits and gather every table, figure and gallery case."""
-    run_dir = Path(run_dir)
-    for required in ("config.yaml", "model/model.json"):
-        if not (run_dir / required).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a finished run folder: {required} is missing")
-    config = load_run_config(run_dir / "config.yaml")
-    model, spec = load_model(run_dir / "model")
-    stored_file = run_dir / "model" / UNCERTAINTY_FILE
-    stored_all = json.loads(stored_file.read_text()) if stored_file.is_file() else None
-    members = [model] + [load_for_inference(p, expected_model=spec["model"]["name"])[0]
-                         for p in (stored_all or {}).get("ensemble", [])]
-    samples = mc_samples if mc_samples is not None else (stored_all["mc_samples"] if stored_all else 30)
-    device = device or default_device()
-    redact = redact or any(source.sensitive for source in config.data.sources.values())
+def build_report(*, spec: ModelSpec, model, members: list, config, data: ClassificationDataModule,
+                 raw: dict[str, Predictions], stored: dict, calibration_source: str, notes: list[str], trained: dict,
+                 samples: int, gallery_size: int = 6, cam_method: str = "gradcam", redact: bool = False,
+                 max_tsne_points: int = 1500, device: str = "cpu", alpha: float = 0.1) -> ReportContent:
+    """Every table, figure and gallery case of the report, from a loaded run and its predictions.
 
-    data = ClassificationDataModule(config.data, in_chans=spec["preprocessing"]["in_chans"], seed=config.train.seed,
-                                    split_path=run_dir / "split.csv")
-    data.setup()
-    splits = [s for s in ("val", "test") if s in data.datasets and len(data.datasets[s])]
-    if "val" not in splits:
-        raise ValueError(f"{run_dir}: the report needs a validation split to calibrate on, and this data has none")
-    split = "test" if "test" in splits else "val"
-    raw = {s: predict_loader(members, data.eval_dataloader(s), spec, device, mc_samples=samples,
-                             seed=stored_all["seed"] if stored_all else config.train.seed) for s in splits}
-
-    notes = []
-    if stored_all and stored_all["mc_samples"] == samples:
-        stored = stored_all["tasks"]
-        calibration_source = "stored with the model by `dualfuse evaluate` (fitted on the validation split)"
-    else:
-        stored = {}
-        for task in spec["tasks"]:
-            view = raw["val"].for_task(task, spec.get("task_modality", {}).get(task))
-            stored[task] = calibrate(view, task, None, 0.9, alpha)
-        calibration_source = "fitted here on the validation split (90% coverage referral target)"
-        notes.append("This model has not been calibrated with `dualfuse evaluate --mc-samples`; the temperature "
-                     "and referral threshold shown were fitted for this report and are not used by `predict`.")
-    if split == "val":
-        notes.append("This data has no test split: figures show the validation split, which also chose the "
-                     "checkpoint and the calibration, so they are optimistic.")
-
+    `raw` holds the val (and test) predictions of `members` with `samples` MC samples; `stored` the
+    calibration per task (temperature, referral, conformal) that the report shows and applies.
+    """
+    split = "test" if "test" in raw else "val"
     sections = [
         _task_section(task, spec, model, members, data, raw, stored[task], config, split, gallery_size, cam_method,
                       redact, max_tsne_points, device, alpha)
-        for task in spec["tasks"]
+        for task in spec.tasks
     ]
-    trained = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     params = sum(p.numel() for p in model.parameters())
     summary = [
-        ("model", f"{spec['model']['name']} ({params / 1e6:.2f} M parameters)"),
-        ("inputs", ", ".join(f"{m}: {c} channel(s)" for m, c in spec["preprocessing"]["in_chans"].items())
-         + f" at {spec['preprocessing']['img_size']} px ({spec['preprocessing']['resize']}, "
-           f"normalised: {spec['preprocessing']['normalize']})"),
-        ("tasks", "; ".join(f"{t}: {', '.join(c)}" for t, c in spec["tasks"].items())),
-        ("data", "; ".join(f"{name}: {source.format}" + ("" if redact else f" ({source.path})")
+        ("model", f"{spec.name} ({params / 1e6:.2f} M parameters)"),
+        ("inputs", ", ".join(f"{m}: {c} channel(s)" for m, c in spec.preprocessing.in_chans.items())
+         + f" at {spec.preprocessing.img_size} px ({spec.preprocessing.resize}, "
+           f"normalised: {spec.preprocessing.normalize})"),
+        ("tasks", "; ".join(f"{t}: {', '.join(c)}" for t, c in spec.tasks.items())),
+        ("data", "; ".join(f"{name}: {source.format}" + ("" if redact else f" ({display_path(source.path)})")
                            for name, source in config.data.sources.items())),
         ("training", f"{trained.get('epochs_trained', '?')} epochs, {trained.get('train_seconds', '?')} s on "
                      f"{trained.get('device', '?')}, seed {config.train.seed}"),
@@ -291,7 +252,7 @@ def collect_report(run_dir: str | Path, mc_samples: int | None = None, gallery_s
          else "none (deterministic softmax)"),
     ]
     return ReportContent(
-        title=f"{spec['model']['name']} — {', '.join(spec['tasks'])}",
+        title=f"{spec.name} — {', '.join(spec.tasks)}",
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         summary=summary, data_rows=_class_counts(data),
         uncertainty_method=summary[-1][1], calibration_source=calibration_source,

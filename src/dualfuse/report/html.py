@@ -1,4 +1,4 @@
-"""`dualfuse report RUN_DIR`: one self-contained HTML file a clinician can open anywhere.
+"""The report as one self-contained HTML file a clinician can open anywhere.
 
 Every figure is inlined as a base64 PNG and the page carries a Content-Security-Policy that allows
 nothing but inline styles and `data:` images, so it loads nothing from the network. The same PNGs
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import jinja2
 
-from dualfuse.evaluation.model_card import INTENDED_USE, write_model_card
+from dualfuse.atomic import atomic_write_bytes
+from dualfuse.evaluation.model_card import INTENDED_USE
 from dualfuse.explain.overlays import safe_name
-from dualfuse.report.content import ReportContent, collect_report
-from dualfuse.training.checkpoints import atomic_write_bytes
+from dualfuse.report.content import ReportContent
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "report"
@@ -59,7 +59,8 @@ def _view(content: ReportContent, figures_dir: Path) -> tuple[dict, dict[Path, b
             "intended_use": INTENDED_USE}, files
 
 
-def render_report(content: ReportContent, figures_dir: Path) -> tuple[str, dict[Path, bytes]]:
+def render_html(content: ReportContent, figures_dir: Path) -> tuple[str, dict[Path, bytes]]:
+    """The report as HTML text, and the PNG files to write beside it (nothing is written here)."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("dualfuse.report", "templates"), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -68,18 +69,13 @@ def render_report(content: ReportContent, figures_dir: Path) -> tuple[str, dict[
     return environment.get_template("report.html.j2").render(**view), files
 
 
-def write_report(run_dir: str | Path, mc_samples: int | None = None, gallery_size: int = 6,
-                 cam_method: str = "gradcam", redact: bool = False, max_tsne_points: int = 1500,
-                 device: str | None = None) -> Path:
-    """Write `RUN_DIR/report.html` and its PNG figures; refresh the model card. Returns the HTML path.
+def write_html(content: ReportContent, run_dir: Path) -> Path:
+    """Write `RUN_DIR/report.html` and its PNG figures; returns the HTML path.
 
-    Nothing is written until every figure has been computed, and the HTML replaces an older report
+    Everything is rendered before the first byte is written, and the HTML replaces an older report
     atomically, so a failed run never leaves a broken report behind.
     """
-    run_dir = Path(run_dir)
-    content = collect_report(run_dir, mc_samples, gallery_size, cam_method, redact, max_tsne_points, device)
-    html, files = render_report(content, run_dir / FIGURES_DIR)
-    write_model_card(run_dir, sensitive=content.redacted)
+    html, files = render_html(content, run_dir / FIGURES_DIR)
     for path, png in files.items():
         atomic_write_bytes(path, png)
     atomic_write_bytes(run_dir / REPORT_FILE, html.encode("utf-8"))

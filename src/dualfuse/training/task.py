@@ -14,29 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from dualfuse.models import create_model
 from dualfuse.models.backbone import FeatureTaps
-
-
-def model_inputs(batch: dict, modalities: list[str], multi_input: bool):
-    """What `model.forward` takes: one tensor, or `{modality: tensor}` for multi-input models."""
-    if multi_input:
-        return {m: batch[m] for m in modalities}
-    return batch[modalities[0]]
-
-
-def task_logits(outputs, tasks: list[str]) -> dict[str, torch.Tensor]:
-    """Single-task models return a tensor; name it after the only task."""
-    if isinstance(outputs, torch.Tensor):
-        return {tasks[0]: outputs}
-    missing = [t for t in tasks if t not in outputs]
-    if missing:
-        raise ValueError(f"model returned tasks {list(outputs)}, data has {tasks}")
-    return dict(outputs)
-
-
-def build_model(spec: dict) -> nn.Module:
-    return create_model(spec["model"]["name"], **spec["model"]["kwargs"])
+from dualfuse.models.spec import ModelSpec
 
 
 def backbone_parameter_ids(model: nn.Module) -> set[int]:
@@ -64,29 +43,35 @@ class ClassificationTask(pl.LightningModule):
     """Train `spec["model"]` on `spec["tasks"]` with the `train` section of a run config.
 
     Args:
-        spec: `{"model": {"name", "kwargs"}, "tasks": {task: [class names]}, "modalities": [...]}`.
+        spec: a `ModelSpec` as a dict (`ModelSpec.to_dict()`): plain data, so checkpoints stay
+            `weights_only`-loadable.
         train: the run's `TrainConfig` as a dict (optimiser, schedule, loss weights, seed).
     """
 
     def __init__(self, spec: dict, train: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.spec = spec
+        self.spec = ModelSpec.from_dict(spec)
         self.train_config = train
-        self.model = build_model(spec)
-        self.tasks = list(spec["tasks"])
-        self.modalities = list(spec["modalities"])
-        self.multi_input = bool(getattr(self.model, "modalities", None))
+        self.model = self.spec.build()
+        self.tasks = list(self.spec.tasks)
+        self.modalities = list(self.spec.modalities)
+        missing = [t for t in self.tasks if t not in self.model.tasks]
+        if missing:
+            raise ValueError(f"model {self.spec.name!r} predicts tasks {list(self.model.tasks)}; the data has {missing}")
         weights = train.get("task_weights") or {}
         unknown = set(weights) - set(self.tasks)
         if unknown:
             raise ValueError(f"train.task_weights names unknown tasks {sorted(unknown)}; tasks are {self.tasks}")
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
-        self.val_auc = nn.ModuleDict({t: MulticlassAUROC(len(c)) for t, c in spec["tasks"].items()})
-        self.val_acc = nn.ModuleDict({t: MulticlassAccuracy(len(c), average="micro") for t, c in spec["tasks"].items()})
+        self.val_auc = nn.ModuleDict({t: MulticlassAUROC(len(c)) for t, c in self.spec.tasks.items()})
+        self.val_acc = nn.ModuleDict({t: MulticlassAccuracy(len(c), average="micro")
+                                      for t, c in self.spec.tasks.items()})
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        return task_logits(self.model(model_inputs(batch, self.modalities, self.multi_input)), self.tasks)
+        if self.model.multi_input:
+            return self.model({m: batch[m] for m in self.modalities})
+        return self.model(batch[self.modalities[0]])
 
     def _loss(self, logits: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
         smoothing = float(self.train_config.get("label_smoothing", 0.0))

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp, softmax
 
-from dualfuse.evaluation.metrics import _check_labels, _check_probs, _to_numpy
+from dualfuse.validation import check_labels, check_probs, to_numpy
 
 __all__ = ["adaptive_calibration_error", "apply_temperature", "brier_score", "calibration_report",
            "expected_calibration_error", "fit_temperature", "mc_probs_with_temperature",
@@ -40,8 +40,8 @@ T_BOUNDS = (1e-2, 1e2)
 
 
 def _probs_and_labels(probs: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = _check_probs(probs)
-    return p, _check_labels(y, *p.shape)
+    p = check_probs(probs)
+    return p, check_labels(y, *p.shape)
 
 
 def _check_n_bins(n_bins: int) -> None:
@@ -145,7 +145,7 @@ _LOGIT_SHAPES = {2: "2-D (N, C)", 3: "3-D (S, N, C)"}
 
 
 def _check_logits(logits: Any, ndims: tuple[int, ...], name: str = "logits") -> np.ndarray:
-    z = _to_numpy(logits)
+    z = to_numpy(logits)
     if z.ndim not in ndims:
         shapes = " or ".join(_LOGIT_SHAPES[d] for d in ndims)
         raise ValueError(f"{name} must be a {shapes} array of logits, got shape {z.shape}")
@@ -177,7 +177,7 @@ def fit_temperature(logits: Any, y: Any) -> float:
     z = _check_logits(logits, (2, 3))
     if z.ndim == 2:
         z = z[None]
-    labels = _check_labels(y, *z.shape[1:])
+    labels = check_labels(y, *z.shape[1:])
     rows = np.arange(len(labels))
 
     def nll(log_t: float) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dualfuse.evaluation.metrics import _check_labels, _check_probs, _to_numpy
+from dualfuse.validation import check_labels, check_probs, to_numpy
 
 __all__ = ["SCORES", "conformal_report", "conformal_scores", "conformal_threshold",
            "prediction_sets"]
@@ -71,14 +71,14 @@ def conformal_scores(probs: Any, y: Any, score: str = "lac", randomized: bool = 
                      seed: Any = 0) -> np.ndarray:
     """(N,) non-conformity score of the true class of each case (higher = less conforming)."""
     _check_options(score)
-    p = _check_probs(probs)
-    labels = _check_labels(y, *p.shape)
+    p = check_probs(probs)
+    labels = check_labels(y, *p.shape)
     return _all_scores(p, score, randomized, seed)[np.arange(len(labels)), labels]
 
 
 def conformal_threshold(cal_probs: Any, cal_y: Any, alpha: float = 0.1, score: str = "lac",
                         randomized: bool = False, seed: Any = 0) -> float:
-    """qhat from calibration probabilities (N, C) and labels at miscoverage ``alpha``."""
+    """Qhat from calibration probabilities (N, C) and labels at miscoverage ``alpha``."""
     _check_options(score, alpha)
     scores = conformal_scores(cal_probs, cal_y, score, randomized, seed)
     n = len(scores)
@@ -96,7 +96,7 @@ def prediction_sets(probs: Any, qhat: float, score: str = "lac", randomized: boo
     q = float(qhat)
     if np.isnan(q):
         raise ValueError("qhat is NaN")
-    p = _check_probs(probs)
+    p = check_probs(probs)
     sets = _all_scores(p, score, randomized, seed) <= q
     if not allow_empty:
         empty = ~sets.any(axis=1)
@@ -118,8 +118,8 @@ def conformal_report(cal_probs: Any, cal_y: Any, test_probs: Any, test_y: Any,
     """
     cal_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
     qhat = conformal_threshold(cal_probs, cal_y, alpha, score, randomized, cal_seed)
-    p = _check_probs(test_probs)
-    labels = _check_labels(test_y, *p.shape)
+    p = check_probs(test_probs)
+    labels = check_labels(test_y, *p.shape)
     sets = prediction_sets(p, qhat, score, randomized, test_seed, allow_empty)
     sizes = sets.sum(axis=1)
     return {
@@ -133,6 +133,6 @@ def conformal_report(cal_probs: Any, cal_y: Any, test_probs: Any, test_y: Any,
         "empty_fraction": float((sizes == 0).mean()),
         "singleton_fraction": float((sizes == 1).mean()),
         "set_size_counts": np.bincount(sizes, minlength=p.shape[1] + 1).tolist(),
-        "n_cal": int(len(_to_numpy(cal_probs))),
+        "n_cal": int(len(to_numpy(cal_probs))),
         "n_test": int(len(labels)),
     }

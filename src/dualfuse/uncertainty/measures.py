@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import entr
 
-from dualfuse.evaluation.metrics import _check_probs, _to_numpy
+from dualfuse.validation import check_probs, to_numpy
 
 __all__ = ["MEASURES", "entropy", "uncertainty_measures"]
 
@@ -31,11 +31,11 @@ MEASURES = ("mean_probs", "predictive_entropy", "normalized_entropy", "expected_
 
 def entropy(probs: Any) -> np.ndarray:
     """Shannon entropy in nats over the last axis, with 0·log 0 = 0."""
-    return entr(np.asarray(_to_numpy(probs), dtype=np.float64)).sum(axis=-1)
+    return entr(np.asarray(to_numpy(probs), dtype=np.float64)).sum(axis=-1)
 
 
 def _check_samples(samples: Any) -> np.ndarray:
-    s = _to_numpy(samples)
+    s = to_numpy(samples)
     if s.ndim == 2:
         s = s[None]
     if s.ndim != 3:
@@ -43,7 +43,7 @@ def _check_samples(samples: Any) -> np.ndarray:
                          f"got shape {s.shape}")
     if s.shape[0] == 0:
         raise ValueError("no samples: samples has S=0")
-    return _check_probs(s.reshape(-1, s.shape[-1])).reshape(s.shape)
+    return check_probs(s.reshape(-1, s.shape[-1])).reshape(s.shape)
 
 
 def uncertainty_measures(samples: Any) -> dict[str, np.ndarray]:

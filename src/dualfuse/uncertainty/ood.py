@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from dualfuse.uncertainty.selective import _check_scores
+from dualfuse.validation import check_scores
 
 __all__ = ["ood_auroc", "ood_report"]
 
@@ -23,8 +23,8 @@ __all__ = ["ood_auroc", "ood_report"]
 def _labelled(in_scores: Any, out_scores: Any, names: tuple[str, str] = ("in_scores", "out_scores")
               ) -> tuple[np.ndarray, np.ndarray]:
     """OOD labels (1 = out) and the scores of both sets, concatenated."""
-    s_in = _check_scores(in_scores, names[0])
-    s_out = _check_scores(out_scores, names[1])
+    s_in = check_scores(in_scores, names[0])
+    s_out = check_scores(out_scores, names[1])
     return np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out]
 
 

@@ -20,30 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from dualfuse.evaluation.metrics import _to_numpy
+from dualfuse.validation import check_scores, to_numpy
 
 __all__ = ["accuracy_at_coverage", "aurc", "choose_referral_threshold", "refer",
            "risk_coverage_curve"]
 
 
-def _check_scores(scores: Any, name: str = "confidence") -> np.ndarray:
-    s = _to_numpy(scores)
-    if s.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (N,) per-case scores, got shape {s.shape}")
-    if len(s) == 0:
-        raise ValueError(f"no cases: {name} is empty")
-    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)
-            or s.dtype == bool):
-        raise ValueError(f"{name} must be real-valued, got dtype {s.dtype}")
-    s = s.astype(np.float64)
-    if not np.isfinite(s).all():
-        raise ValueError(f"{name} contains {int((~np.isfinite(s)).sum())} NaN/inf values")
-    return s
-
-
 def _check_inputs(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
-    conf = _check_scores(confidence)
-    ok = _to_numpy(correct)
+    conf = check_scores(confidence)
+    ok = to_numpy(correct)
     if ok.ndim != 1 or len(ok) != len(conf):
         raise ValueError(f"correct must be 1-D with one flag per case (N={len(conf)}), got shape {ok.shape}")
     if ok.dtype != bool and not np.isin(ok, (0, 1)).all():
@@ -128,7 +113,7 @@ def accuracy_at_coverage(confidence: Any, correct: Any,
 
 def refer(confidence: Any, threshold: float) -> np.ndarray:
     """Boolean (N,) mask, True where a case goes to a specialist (confidence < threshold)."""
-    conf = _check_scores(confidence)
+    conf = check_scores(confidence)
     t = float(threshold)
     if math.isnan(t):
         raise ValueError("threshold is NaN")

@@ -6,19 +6,32 @@ the file, never a header value.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pydicom
 import torch
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import UID
 
-from dualfuse.data.base import DEFAULT_MODALITY, CaseDataset, CaseRecord, DataError, ImageRef, Transform, check_image, skip_or_raise, to_chw
+from dualfuse.data.base import (
+    DEFAULT_MODALITY,
+    CaseDataset,
+    CaseRecord,
+    DataError,
+    ImageRef,
+    Transform,
+    skip_or_raise,
+    to_chw,
+    validate_pixels,
+)
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "NON_IMAGE_MODALITIES",
     "WINDOW_PRESETS",
     "DicomDataset",
     "Window",
@@ -86,6 +99,45 @@ def _resolve_window(ds: pydicom.Dataset, window: Window, where: str) -> tuple[fl
     return WINDOW_PRESETS[window]
 
 
+#: SOP classes that hold no image to classify (dose grids, contours, plans, reports, waveforms,
+#: documents, registrations, segmentations), by exact UID ...
+_NON_IMAGE_SOP_CLASSES = frozenset(
+    {f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in range(2, 11)}  # RT Dose, Structure Set, Plan, records ...
+    | {"1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.67"}  # raw data, real-world value mapping
+)
+#: ... and by UID family (the UID itself or anything below it).
+_NON_IMAGE_SOP_FAMILIES = (
+    "1.2.840.10008.5.1.4.1.1.88",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.9",  # waveforms (ECG, audio, ...)
+    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated PDF/CDA/STL
+    "1.2.840.10008.5.1.4.1.1.66",  # registrations, fiducials, segmentations, surfaces
+)
+#: Modality values of non-image objects (checked too: a file may carry a generic SOP class).
+NON_IMAGE_MODALITIES = frozenset(
+    {"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "KO", "PR", "SEG", "REG", "FID", "DOC", "ECG", "HD", "AU",
+     "RWV", "PLAN", "RESP"}
+)
+
+
+def _non_image(ds: pydicom.Dataset) -> str | None:
+    """What makes `ds` a non-image object ("SOP class RT Dose Storage, modality RTDOSE"), or None.
+
+    Only the SOP class and modality are named, and only when they are on the lists above (known
+    constants): no other header value, and nothing free-text, ever reaches a message.
+    """
+    meta = getattr(ds, "file_meta", None)
+    uid = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "")).strip()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    uid_bad = uid in _NON_IMAGE_SOP_CLASSES or any(uid == f or uid.startswith(f + ".") for f in _NON_IMAGE_SOP_FAMILIES)
+    parts = []
+    if uid_bad:
+        parts.append(f"SOP class {UID(uid).name}")
+    if modality in NON_IMAGE_MODALITIES:
+        parts.append(f"modality {modality}")
+    return ", ".join(parts) or None
+
+
 def _dcmread(path: str | Path, header_only: bool = False) -> pydicom.Dataset:
     where = str(path)
     if Path(path).is_file() and Path(path).stat().st_size == 0:
@@ -99,6 +151,9 @@ def _dcmread(path: str | Path, header_only: bool = False) -> pydicom.Dataset:
         raise DataError(where, "not a DICOM file (no DICM preamble)") from None
     except (OSError, ValueError, EOFError, AttributeError, KeyError) as error:
         raise DataError(where, f"unreadable DICOM ({type(error).__name__})") from None
+    kind = _non_image(ds)
+    if kind is not None:
+        raise DataError(where, f"not an image ({kind}); expected a 2D image")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DataError(where, "DICOM has no pixel data")
     return ds
@@ -111,8 +166,12 @@ def num_frames(path: str | Path) -> int:
 
 
 def read_dicom(path: str | Path, frame: int | None = None, window: Window = None, channels: int | None = None) -> torch.Tensor:
-    """One DICOM image (or one frame of a multi-frame file) as float32 (C,H,W) in [0,1]
+    """One DICOM image (or frame `frame` of a multi-frame file) as float32 (C,H,W) in [0,1]
     (modality-LUT values instead with `window="raw"`).
+
+    A multi-frame file without a `frame` is an error, as for multi-frame GIF/TIFF: silently taking
+    frame 0 would classify one slice of a stack. Non-image objects (RT dose grids, structure sets,
+    plans, reports, ...) are refused by SOP class and modality.
 
     Grey images: stored values -> modality LUT (RescaleSlope/Intercept, e.g. CT Hounsfield) ->
     window (see `Window`) -> MONOCHROME1 inverted so that bright always means dense/high signal.
@@ -120,22 +179,23 @@ def read_dicom(path: str | Path, frame: int | None = None, window: Window = None
     """
     where = str(path)
     ds = _dcmread(path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and frame is None:
+        raise DataError(where, f"multi-frame image ({frames} frames); expected one 2D image")
+    if frames > 1 and not 0 <= frame < frames:
+        raise DataError(where, f"frame {frame} out of range ({frames} frames)")
+    if frames == 1 and frame not in (None, 0):
+        raise DataError(where, f"frame {frame} out of range (single-frame file)")
     try:
         pixels = ds.pixel_array
     except Exception as error:  # pydicom raises many types for missing decoders / corrupt data
         raise DataError(where, f"cannot decode DICOM pixel data ({type(error).__name__}: {error})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1
     if frames > 1:
-        index = 0 if frame is None else frame
-        if not 0 <= index < frames:
-            raise DataError(where, f"frame {index} out of range ({frames} frames)")
-        pixels = pixels[index]
-    elif frame not in (None, 0):
-        raise DataError(where, f"frame {frame} out of range (single-frame file)")
+        pixels = pixels[frame]
     if pixels.ndim != (3 if colour else 2):
         raise DataError(where, f"unexpected pixel array shape {pixels.shape}")
-    check_image(pixels, where)
+    validate_pixels(pixels, where)
 
     if colour:
         bits = int(ds.get("BitsStored", 8))

@@ -1,8 +1,11 @@
 """Image folders: `root/<class>/*` or `root/<split>/<class>/*`, any format PIL reads."""
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,12 +19,12 @@ from dualfuse.data.base import (
     DataError,
     ImageRef,
     Transform,
-    check_image,
     skip_or_raise,
     to_chw,
+    validate_pixels,
 )
 
-__all__ = ["SPLIT_ALIASES", "ImageFolderDataset", "image_extensions", "read_pil"]
+__all__ = ["SPLIT_ALIASES", "ImageFolderDataset", "image_extensions", "open_image", "read_pil"]
 
 #: Folder names accepted as split folders, mapped to the canonical train/val/test.
 SPLIT_ALIASES = {
@@ -48,7 +51,7 @@ def _to_unit(array: np.ndarray, mode: str, where: object) -> np.ndarray:
     images); 32-bit "I" and float "F" images have no fixed range, so they are min-max scaled per
     image, except "I" images whose values fit 16 bits (how older Pillow opens 16-bit PNGs).
     """
-    check_image(array.astype(np.float32) if array.dtype.kind == "f" else array, where)
+    validate_pixels(array.astype(np.float32) if array.dtype.kind == "f" else array, where)
     if mode.startswith("I;16"):
         return array.astype(np.float32) / 65535.0
     if mode in ("I", "F"):
@@ -57,6 +60,37 @@ def _to_unit(array: np.ndarray, mode: str, where: object) -> np.ndarray:
         lo, hi = float(array.min()), float(array.max())
         return ((array.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
     return array.astype(np.float32) / 255.0
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path):
+    """`PIL.Image.open` that turns every failure into one `DataError` line naming the file.
+
+    A header claiming more than `Image.MAX_IMAGE_PIXELS` pixels (PIL's decompression-bomb limit,
+    e.g. a 20000x20000 PNG) is refused before any pixel is decoded; PIL's own warning for it is
+    silenced because the error says the same thing once.
+    """
+    where = str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        claimed = re.search(r"\((\d+) pixels\)", str(error))  # PIL names the size only in its message
+        size = f"{claimed.group(1)} pixels" if claimed else "too many pixels"
+        raise DataError(where, f"image too large ({size}, over PIL's decompression-bomb limit of {_pixel_limit()})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise _pil_error(where, error) from None
+    with image:
+        width, height = image.size
+        limit = _pixel_limit()
+        if limit and width * height > limit:
+            raise DataError(where, f"image too large ({width}x{height} pixels, over PIL's decompression-bomb limit of {limit})")
+        yield image
+
+
+def _pixel_limit() -> int:
+    return int(Image.MAX_IMAGE_PIXELS or 0)
 
 
 def _pil_error(where: str, error: Exception) -> DataError:
@@ -75,17 +109,17 @@ def read_pil(path: str | Path, channels: int | None = None) -> torch.Tensor:
     onto black (transparent = background); `channels` 1 or 3 converts, None keeps native.
     """
     where = str(path)
-    try:
-        with Image.open(path) as image:
+    with open_image(path) as image:
+        try:
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 raise DataError(where, f"multi-frame image ({frames} frames); expected one 2D image")
             image.load()
             image = ImageOps.exif_transpose(image)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
-        raise _pil_error(where, error) from None
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError) as error:
+            raise _pil_error(where, error) from None
 
     mode = image.mode
     if mode == "1":
@@ -115,7 +149,9 @@ class ImageFolderDataset(CaseDataset):
     Layout is detected: if every sub-folder of `root` is a split name (`SPLIT_ALIASES`), it is
     `root/<split>/<class>/*`, otherwise `root/<class>/*` (records then have `split=None`). Class
     names are the union of class folder names, sorted. Files whose suffix PIL does not know are
-    not images and are listed in `ignored`; an empty class folder is a `DataError`.
+    not images and are listed in `ignored`; an empty class folder is a `DataError`, a broken
+    symlink an unreadable image, a folder that cannot be listed a `DataError` naming it. Case ids
+    are paths below `root` without suffix, with suffix where two files differ only in it.
     """
 
     def __init__(
@@ -159,22 +195,27 @@ class ImageFolderDataset(CaseDataset):
             if not class_dirs:
                 skip_or_raise(DataError(str(folder), "empty folder (no class folders)"), folder, skip_bad, skipped)
             for class_dir in class_dirs:
-                files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+                entries = [p for p in _listdir(class_dir) if not p.name.startswith(".")]
+                broken = [p for p in entries if p.is_symlink() and not p.exists()]
+                files = [p for p in entries if p.is_file()]
                 images = [p for p in files if p.suffix.lower() in extensions]
                 self.ignored.extend(str(p) for p in files if p.suffix.lower() not in extensions)
-                if not images:
+                for link in broken:
+                    skip_or_raise(DataError(str(link), "broken symlink"), link, skip_bad, skipped)
+                if not images and not broken:
                     skip_or_raise(DataError(str(class_dir), "empty class folder (no image files)"), class_dir, skip_bad, skipped)
                 found.extend((split_name, class_dir.name, p) for p in images)
 
         names = list(classes) if classes is not None else sorted({c for _, c, _ in found})
         index = {name: i for i, name in enumerate(names)}
         records = []
-        for split_name, class_name, path in found:
+        ids = _case_ids(self.root, [path for _, _, path in found])
+        for (split_name, class_name, path), case_id in zip(found, ids):
             if class_name not in index:
                 raise DataError(str(path.parent), f"class folder {class_name!r} not in classes {names}")
             records.append(
                 CaseRecord(
-                    case_id=path.relative_to(self.root).with_suffix("").as_posix(),
+                    case_id=case_id,
                     images={modality: ImageRef(str(path))},
                     labels={task: index[class_name]},
                     split=split_name,
@@ -185,15 +226,39 @@ class ImageFolderDataset(CaseDataset):
     def probe(self, ref: ImageRef) -> None:
         """Existence, non-zero size and a readable header (cheap: PIL reads no pixels here)."""
         super().probe(ref)
-        try:
-            with Image.open(ref.path):
-                pass
-        except (OSError, SyntaxError, ValueError) as error:
-            raise _pil_error(ref.path, error) from None
+        with open_image(ref.path):
+            pass
 
     def read_image(self, ref: ImageRef) -> torch.Tensor:
         return read_pil(ref.path, self.channels)
 
 
+def _listdir(folder: Path) -> list[Path]:
+    """Sorted entries of `folder`; a folder that cannot be listed is one `DataError` line naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as error:  # PermissionError, or the folder vanished / is not a folder
+        raise DataError(str(folder), f"cannot list folder ({error.strerror or type(error).__name__})") from None
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p for p in _listdir(folder) if p.is_dir() and not p.name.startswith(".")]
+
+
+def _case_ids(root: Path, paths: Sequence[Path]) -> list[str]:
+    """Case ids: the path below `root` without its suffix (`train/a/0`), unique.
+
+    Files that only differ in suffix (`a/x.png`, `a/x.jpg`) keep their suffix (`a/x.png`) so they
+    stay two cases; every other id is unchanged, so split files saved before still match.
+    """
+    stems = [path.relative_to(root).with_suffix("").as_posix() for path in paths]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    ids = [path.relative_to(root).as_posix() if counts[stem] > 1 else stem for stem, path in zip(stems, paths)]
+    owner: dict[str, Path] = {}
+    for case_id, path in zip(ids, paths):  # only odd names still collide, e.g. `x.png` and `x.png.jpg`
+        if case_id in owner:
+            raise DataError(str(path), f"case id {case_id!r} is also the id of {owner[case_id]}; rename one of them")
+        owner[case_id] = path
+    return ids

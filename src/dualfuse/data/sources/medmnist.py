@@ -4,8 +4,8 @@ from __future__ import annotations
 import importlib
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,8 @@ from dualfuse.data.base import (
     DataError,
     ImageRef,
     Transform,
-    check_image,
     to_chw,
+    validate_pixels,
 )
 
 __all__ = ["MEDMNIST_SPLITS", "MedMNISTDataset", "medmnist_class_names", "download_medmnist"]
@@ -111,7 +111,7 @@ class MedMNISTDataset(CaseDataset):
 
     def probe(self, ref: ImageRef) -> None:
         """Arrays are in memory, so the full generic check is cheap here."""
-        check_image(self.arrays[ref.key][ref.index], ref)
+        validate_pixels(self.arrays[ref.key][ref.index], ref)
 
     def read_image(self, ref: ImageRef) -> torch.Tensor:
         array = self.arrays[ref.key][ref.index]

@@ -2,15 +2,25 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Union
 
 import nibabel as nib
 import numpy as np
 import torch
 from nibabel.filebasedimages import ImageFileError
 
-from dualfuse.data.base import CaseDataset, CaseRecord, DataError, ImageRef, Transform, check_image, skip_or_raise, to_chw
+from dualfuse.data.base import (
+    CaseDataset,
+    CaseRecord,
+    DataError,
+    ImageRef,
+    Transform,
+    skip_or_raise,
+    to_chw,
+    validate_pixels,
+)
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -67,7 +77,7 @@ def load_volume(path: str | Path) -> np.ndarray:
         volume = np.asarray(_open(path).get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as error:  # gzip/zlib/nibabel raise many types for truncated or corrupt data
         raise DataError(str(path), f"cannot read NIfTI voxels ({type(error).__name__}: {error})") from None
-    check_image(volume, path)
+    validate_pixels(volume, path)
     return volume
 
 
@@ -175,7 +185,7 @@ class NiftiDataset(CaseDataset):
         super().__init__(records, modalities, classes, transform, skip_bad, skipped)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, modalities: Sequence[str], suffix: str = ".nii.gz", **kwargs) -> "NiftiDataset":
+    def from_folder(cls, folder: str | Path, modalities: Sequence[str], suffix: str = ".nii.gz", **kwargs) -> NiftiDataset:
         """One case from `folder/<modality><suffix>` files (the BraTS layout); case id = folder name."""
         folder = Path(folder)
         return cls({folder.name: {m: folder / f"{m}{suffix}" for m in modalities}}, **kwargs)

@@ -2,7 +2,7 @@
 
 DCAT fuses EfficientNet-B4 and ResNet-34 maps "by a bidirectional cross-attention mechanism" [paper];
 the block layout (pre-LayerNorm, multi-head, residual, optional MLP, optional key/value pooling) is
-ours, see `shared/design/models.md`.
+ours, see `docs/models.md`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,31 @@
+"""The public API: what the CLI, the report, benchmarks and a server call.
+
+    load_model(path)                 a ready model: network, typed spec, calibration, ensemble members
+    RunFolder(path)                  a run folder's layout, reads and writes
+    train(config, resume=False)      fit, evaluate, write the run folder
+    evaluate(run, ...)               metrics with CIs; with MC samples, calibration and referral
+    predict(run, inputs, output)     probabilities (and uncertainty, referral, conformal sets) as CSV
+    explain(run, inputs, output)     Grad-CAM overlays
+    report(run)                      the HTML report and model card
+
+`load_model` and `RunFolder` never import Lightning; the others load it when first used.
+"""
+from __future__ import annotations
+
+import importlib
+
+from dualfuse.api.loading import LoadedModel, load_model
+from dualfuse.api.run_folder import RunFolder, RunFolderError
+
+_LAZY = {"train": "dualfuse.api.training", "evaluate": "dualfuse.api.evaluation", "predict": "dualfuse.api.prediction",
+         "explain": "dualfuse.api.prediction", "report": "dualfuse.api.reporting"}
+
+__all__ = ["LoadedModel", "RunFolder", "RunFolderError", "evaluate", "explain", "load_model", "predict", "report",
+           "train"]
+
+
+def __getattr__(name: str):
+    # The workflows import Lightning (training) or grad-cam; only load them when they are used.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dualfuse.api' has no attribute {name!r}")

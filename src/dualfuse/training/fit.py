@@ -1,0 +1,132 @@
+"""Fit a model with Lightning: the Trainer, its callbacks and loggers, resume, and the best weights.
+
+Everything about Lightning lives in training/; the API above hands in a config, a `ModelSpec`
+and a data module and gets the trained network back.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from dualfuse.atomic import atomic_write_bytes
+from dualfuse.config import ConfigError, RunConfig
+from dualfuse.models.spec import ModelSpec
+from dualfuse.training.checkpoints import AtomicCheckpointIO, load_weights_only
+from dualfuse.training.task import ClassificationTask
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 (or fp16) mixed precision on a GPU that has it, full precision on the CPU."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def logged_metrics(tasks: list[str]) -> list[str]:
+    """Every name `train.monitor` may take: what `ClassificationTask` logs for these tasks."""
+    names = ["val/loss", "train/loss_epoch"]
+    if len(tasks) == 1:
+        return names + ["val/auc", "val/acc"]
+    return names + [f"val/{task}/{metric}" for task in tasks for metric in ("auc", "acc")]
+
+
+def check_monitor(monitor: str, tasks: list[str]) -> None:
+    """Fail before the first epoch, not after it, when the monitored metric is never logged."""
+    names = logged_metrics(tasks)
+    if monitor not in names:
+        raise ConfigError(f"config: train.monitor {monitor!r} is not a logged metric; choose one of {names}")
+
+
+@dataclass
+class FitResult:
+    """What training produced: the best weights loaded into `model` (on rank zero)."""
+
+    model: nn.Module
+    best_checkpoint: Path
+    epochs_trained: int
+    seconds: float
+    interrupted: bool
+    is_global_zero: bool
+
+
+def _keep_csv_history(logger: CSVLogger, history: list[dict], global_step: int) -> None:
+    """Lightning's CSV writer deletes metrics.csv when it starts; after a resume, put back the rows of
+    the steps the checkpoint already holds (not those of the interrupted epoch, which is rerun), so
+    the file keeps the whole run once."""
+    kept = [row for row in history if "step" not in row or float(row["step"]) < global_step]
+    if not kept:
+        return
+    writer = logger.experiment
+    writer.metrics = kept + writer.metrics
+    writer.metrics_keys = sorted(set(writer.metrics_keys).union(*kept))
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_dir: Path, resume: bool,
+        files_before: dict[str, bytes] | None = None) -> FitResult:
+    """Train `spec` on `data` into `run_dir` (checkpoints/, logs/); on rank zero, first write
+    `files_before` (e.g. the resolved config) into `run_dir`. Resumes from `checkpoints/last.ckpt`."""
+    check_monitor(config.train.monitor, list(spec.tasks))
+    train = config.train
+    last = run_dir / "checkpoints" / "last.ckpt"
+    task = ClassificationTask(spec.to_dict(), asdict(train))
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=train.monitor, mode=train.monitor_mode,
+        save_last=True, save_top_k=1, enable_version_counter=False,
+    )
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if train.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=train.monitor, mode=train.monitor_mode,
+                                       patience=train.early_stopping_patience))
+    if train.progress_bar:
+        callbacks.append(TQDMProgressBar())
+    csv_logger = CSVLogger(run_dir, name="logs", version="csv")
+    history = _read_csv(Path(csv_logger.log_dir) / "metrics.csv") if resume else []
+    loggers = [csv_logger, TensorBoardLogger(run_dir, name="logs", version="tensorboard")]
+    trainer = pl.Trainer(
+        max_epochs=train.epochs, accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
+        strategy=train.strategy, precision=resolve_precision(train.precision), gradient_clip_val=train.grad_clip,
+        callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()], deterministic=train.deterministic,
+        default_root_dir=run_dir, limit_train_batches=train.limit_train_batches, num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1 if config.data.mode == "zip" else 0,
+        enable_progress_bar=train.progress_bar, enable_model_summary=False, log_every_n_steps=10,
+    )
+    if trainer.is_global_zero:
+        for name, payload in (files_before or {}).items():
+            atomic_write_bytes(run_dir / name, payload)
+        if resume and history:
+            _keep_csv_history(csv_logger, history, int(load_weights_only(last).get("global_step", 0)))
+
+    started = time.perf_counter()
+    try:
+        trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+    except SystemExit:  # Lightning exits after a graceful Ctrl-C shutdown
+        if not trainer.interrupted:
+            raise
+    seconds = time.perf_counter() - started
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    if trainer.is_global_zero and not trainer.interrupted:
+        state = load_weights_only(best)["state_dict"]
+        task.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return FitResult(task.model, best, int(trainer.current_epoch), seconds, bool(trainer.interrupted),
+                     trainer.is_global_zero)
