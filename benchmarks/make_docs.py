@@ -1,7 +1,8 @@
 """Render docs/benchmarks.md from the committed results in docs/results/ (never edit it by hand).
 
-Reads every docs/results/accuracy_*.json (records of benchmarks/accuracy.py) and speed_*.json
-(benchmarks/speed.py); the published anchors come from benchmarks/_common.py. The output depends
+Reads every docs/results/accuracy_*.json (records of benchmarks/accuracy.py), speed_*.json
+(benchmarks/speed.py) and serve_*.json (benchmarks/serve.py); the published anchors come from
+benchmarks/_common.py. The output depends
 only on those files, so running it twice gives the same bytes.
 
     python benchmarks/make_docs.py [--results docs/results] [--out docs/benchmarks.md]
@@ -54,6 +55,11 @@ def load_results(results: Path) -> tuple[list[dict], list[dict]]:
                for r in json.loads(path.read_text())["records"]]
     speeds = [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("speed_*.json"))]
     return records, speeds
+
+
+def load_serving(results: Path) -> list[dict]:
+    """Every serve_*.json (benchmarks/serve.py), in file-name order."""
+    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("serve_*.json"))]
 
 
 def group_rows(records: list[dict]) -> dict[str, list[dict]]:
@@ -231,7 +237,43 @@ def speed_section(speeds: list[dict]) -> list[str]:
     return lines
 
 
-def render(records: list[dict], speeds: list[dict]) -> str:
+def _ms(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def serving_section(serving: list[dict]) -> list[str]:
+    """`dualfuse serve` under 1, 8 and 32 concurrent clients, next to offline batch throughput of the same run."""
+    lines = ["## Serving", "",
+             "Latency and throughput of `dualfuse serve` with concurrent httpx clients on localhost (the server in "
+             "its own process), next to the offline batch throughput of the same computation measured in the same "
+             "run; no request may fail. Targets: p95 at one client ≤ 50 ms; at 32 clients at least 50% of the "
+             "offline batch throughput.", ""]
+    for run in serving:
+        m = run["machine"]
+        lines += [f"`{run['command']}` — {m['device_name']}, torch {m['torch']}, load average "
+                  f"{run['load_avg_at_start']:.1f} at start and {run['load_avg_at_end']:.1f} at end; {run['server']}.",
+                  "", f"Every row: {run['levels'][0]['what']}.", "",
+                  "| clients | requests | failed | p50 ms | p95 ms | requests/s | mean batch |",
+                  "|--:|--:|--:|--:|--:|--:|--:|"]
+        for level in run["levels"]:
+            batch = "–" if level["mean_batch"] is None else f"{level['mean_batch']:.1f}"
+            lines.append(f"| {level['clients']} | {level['requests']} | {level['failed']} | {_ms(level['p50_ms'])} "
+                         f"| {_ms(level['p95_ms'])} | {level['throughput_per_s']:.1f} | {batch} |")
+        lines.append("")
+        for entry in (run["offline"], run.get("offline_torch")):
+            if entry:
+                lines.append(f"- Offline, {entry['runtime']}: {entry['images_per_s']:.1f} images/s in batches of "
+                             f"{entry['batch']}; one image alone {entry['one_image_ms_median']:.1f} ms ({entry['what']}).")
+        for name, target in run.get("targets", {}).items():
+            label = {"p95_at_1_client_ms": "p95 at one client (ms)",
+                     "throughput_32_clients_vs_offline": "throughput at 32 clients / offline batch throughput"}.get(name, name)
+            lines.append(f"- Target {label}: {target['measured']:.2f} against {target['target']:g}: "
+                         f"{'met' if target['met'] else '**missed**'}.")
+        lines.append("")
+    return lines
+
+
+def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -243,6 +285,8 @@ def render(records: list[dict], speeds: list[dict]) -> str:
     lines += anchor_comparison(grouped)
     if speeds:
         lines += speed_section(speeds)
+    if serving:
+        lines += serving_section(serving)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -252,12 +296,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     records, speeds = load_results(args.results)
-    if not records and not speeds:
-        print(f"make_docs.py: no accuracy_*.json or speed_*.json in {args.results}", file=sys.stderr)
+    serving = load_serving(args.results)
+    if not records and not speeds and not serving:
+        print(f"make_docs.py: no accuracy_*.json, speed_*.json or serve_*.json in {args.results}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(records, speeds))
-    print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files)")
+    args.out.write_text(render(records, speeds, serving))
+    print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 
 

@@ -65,7 +65,12 @@ def test_baseline_overlays_replace_the_model(overlay):
 BAD_VALUES = [
     ("--data.val_fraction", "1.5", r"data\.val_fraction must be in \[0, 1\), got 1\.5"),
     ("--data.test_fraction", "-0.1", r"data\.test_fraction must be in \[0, 1\), got -0\.1"),
-    ("--data.val_fraction", "0.8", r"data\.val_fraction \+ data\.test_fraction must be below 1 .*got 0\.8 \+ 0\.2"),
+    ("--data.val_fraction", "0.8", r"data\.val_fraction \+ data\.test_fraction \+ data\.cal_fraction must be below 1 "
+                                   r".*got 0\.8 \+ 0\.2 \+ 0\.1"),
+    ("--data.cal_fraction", "1", r"data\.cal_fraction must be in \[0, 1\), got 1"),
+    ("--data.cal_fraction", "-0.1", r"data\.cal_fraction must be in \[0, 1\), got -0\.1"),
+    ("--data.cal_fraction", "0.75", r"data\.val_fraction \+ data\.test_fraction \+ data\.cal_fraction must be below 1 "
+                                    r".*got 0\.1 \+ 0\.2 \+ 0\.75"),
     ("--data.max_train_cases", "-5", r"data\.max_train_cases must be at least 1, got -5"),
     ("--data.max_eval_cases", "0", r"data\.max_eval_cases must be at least 1, got 0"),
     ("--data.num_workers", "-1", r"data\.num_workers must be at least 0, got -1"),
@@ -110,5 +115,7 @@ def test_bad_numeric_values_name_the_key(key, value, line, capsys):
 def test_valid_edge_values_are_accepted():
     config, _ = parse_run_args(["--config", str(CONFIGS / "quickstart.yaml"), "--data.val_fraction", "0",
                                 "--data.test_fraction", "0.5", "--data.max_train_cases", "1", "--train.grad_clip", "null",
-                                "--train.limit_train_batches", "3", "--eval.n_bootstrap", "0"])
+                                "--train.limit_train_batches", "3", "--eval.n_bootstrap", "0", "--data.cal_fraction", "0"])
     assert config.data.test_fraction == 0.5 and config.train.grad_clip is None and config.train.limit_train_batches == 3
+    assert config.data.cal_fraction == 0
+    assert parse_run_args(["--config", str(CONFIGS / "quickstart.yaml")])[0].data.cal_fraction == 0.1  # the default

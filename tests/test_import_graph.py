@@ -25,10 +25,11 @@ MODULE_LAYERS = {
     "dualfuse.atomic": 0,
     "dualfuse.validation": 0,
     "dualfuse.version": 0,
+    "dualfuse.device": 0,
     "dualfuse.config": 0,
-    "dualfuse.cli": 9,
-    "dualfuse.__main__": 9,
-    "dualfuse": 10,  # the public facade: may import anything, nothing inside may import it
+    "dualfuse.cli": 10,
+    "dualfuse.__main__": 10,
+    "dualfuse": 11,  # the public facade: may import anything, nothing inside may import it
 }
 PACKAGE_LAYERS = {
     "dualfuse.data": 1,
@@ -39,6 +40,7 @@ PACKAGE_LAYERS = {
     "dualfuse.explain": 6,
     "dualfuse.report": 7,
     "dualfuse.api": 8,
+    "dualfuse.deploy": 9,
 }
 
 

@@ -129,9 +129,11 @@ def _print_uncertainty(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"uncertainty: {summary['mc_samples']} MC samples x {summary['ensemble_size']} model(s)")
-    for column in ("task", "split", "ECE", "ECE (T)", "ECE MC (T)", "NLL MC (T)", "AURC", "referred",
-                   "acc. kept", "conformal cov./size"):
+    console = Console(width=max(Console().width, 120))
+    first = next(iter(summary["uncertainty"].values()))
+    table = Table(title=f"uncertainty: {first['predictor_label']}, calibrated on the {summary['calibration_split']} split")
+    for column in ("task", "split", "ECE softmax", "ECE (its T)", "ECE predictor (its T)", "NLL", "AURC", "referred",
+                   "acc. kept", "conformal cov. [95% CI] / size"):
         table.add_column(column, justify="left" if column in ("task", "split") else "right")
     for task, report in summary["uncertainty"].items():
         for split, calibration in report["calibration"].items():
@@ -139,16 +141,33 @@ def _print_uncertainty(summary: dict) -> None:
             conformal = report.get("conformal", {}).get("lac") if split == "test" else None
             kept = referral["accuracy_of_accepted"]
             table.add_row(
-                task, split, f"{calibration['deterministic']['ece']:.3f}",
-                f"{calibration['deterministic_temperature']['ece']:.3f}", f"{calibration['mc_temperature']['ece']:.3f}",
-                f"{calibration['mc_temperature']['nll']:.3f}", f"{report['selective'][split]['aurc']:.3f}",
-                f"{1 - referral['coverage']:.1%}", "-" if kept is None else f"{kept:.3f}",
-                f"{conformal['coverage']:.3f} / {conformal['mean_set_size']:.2f}" if conformal else "",
+                task, split, f"{calibration['softmax']['ece']:.3f}", f"{calibration['softmax_temperature']['ece']:.3f}",
+                f"{calibration['predictor_temperature']['ece']:.3f}", f"{calibration['predictor_temperature']['nll']:.3f}",
+                f"{report['selective'][split]['aurc']:.3f}", f"{1 - referral['coverage']:.1%}",
+                "-" if kept is None else f"{kept:.3f}",
+                f"{conformal['coverage']:.3f} [{conformal['coverage_ci_low']:.3f}, {conformal['coverage_ci_high']:.3f}]"
+                f" / {conformal['mean_set_size']:.2f}" if conformal else "",
             )
         if "ood" in report:
             table.caption = "OOD AUROC vs " + summary.get("ood_source", "other data") + ": " + ", ".join(
                 f"{k} {v['auroc']:.3f}" for k, v in report["ood"].items() if isinstance(v, dict) and "auroc" in v)
-    Console(width=max(Console().width, 120)).print(table)
+    console.print(table)
+    compare = Table(title="predictors, each after its own calibration (test split)")
+    for column in ("task", "predictor", "ECE", "NLL", "AURC", "acc.", "acc. at 90%", "AUROC wrong vs right"):
+        compare.add_column(column, justify="left" if column in ("task", "predictor") else "right")
+    for task, report in summary["uncertainty"].items():
+        for entry in report.get("predictors", {}).values():
+            row = entry.get("test")
+            if row:
+                compare.add_row(task, entry["label"], f"{row['ece']:.3f}", f"{row['nll']:.3f}", f"{row['aurc']:.3f}",
+                                f"{row['accuracy']:.3f}", f"{row['accuracy_at_90']:.3f}",
+                                "-" if row["error_auroc_entropy"] is None else f"{row['error_auroc_entropy']:.3f}")
+    if compare.row_count:
+        console.print(compare)
+    notes = [summary["calibration_note"]] if summary.get("calibration_note") else []
+    notes += [w for report in summary["uncertainty"].values() for w in report.get("warnings", [])]
+    for note in notes:
+        console.print(f"[bold red]warning:[/] {note}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -158,9 +177,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_run_config(args.config) if args.config else None
     summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
                        mc_samples=args.mc_samples, ensemble=args.ensemble, target_accuracy=args.target_accuracy,
-                       target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood)
+                       target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood, tta=args.tta)
     _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
-    if args.mc_samples:
+    if "uncertainty" in summary:
         _print_uncertainty(summary)
     print(f"wrote {summary['output']}/metrics.json and predictions.csv")
     return 0
@@ -170,7 +189,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from dualfuse.api import predict
 
     frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size,
-                    mc_samples=args.mc_samples, skip_bad=args.skip_bad)
+                    mc_samples=args.mc_samples, skip_bad=args.skip_bad, tta=args.tta)
     skipped = frame.attrs.get("skipped", 0)
     print(f"wrote {len(frame) - skipped} predictions to {args.output}"
           + (f"; {skipped} unreadable input(s) listed there with their reason (column 'error')" if skipped else ""))
@@ -192,6 +211,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = report(args.run_dir, mc_samples=args.mc_samples, gallery_size=args.gallery, cam_method=args.method,
                         redact=args.redact, max_tsne_points=args.tsne_points)
     print(f"wrote {path} (figures in {path.parent / 'report'}, model card in {path.parent / 'model' / 'metadata.json'})")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dualfuse.deploy.export import export_model
+
+    result = export_model(args.checkpoint, args.format, args.output, parity_images=args.parity_images,
+                          opset=args.opset, parity_count=args.parity_count, mc_samples=args.mc_samples)
+    print(result.parity.line())
+    print(f"wrote {args.format} export to {result.output}: {', '.join(result.files)}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dualfuse.deploy.serve import run_server
+
+    def ready(app) -> None:
+        about = app.state.service.describe()
+        print(f"serving {about['model']} ({about['mc_samples']} MC samples, "
+              f"{'calibrated' if about['calibrated'] else 'not calibrated'}, {about['runtime']}) on "
+              f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", flush=True)
+
+    run_server(args.checkpoint, host=args.host, port=args.port, workers=args.workers, mc_samples=args.mc_samples,
+               max_upload_mb=args.max_upload_mb, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+               rows=args.rows, runtime=args.runtime, on_ready=ready)
     return 0
 
 
@@ -228,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = evaluate.add_mutually_exclusive_group()
     target.add_argument("--target-accuracy", type=float, help="choose the referral threshold for this accuracy")
     target.add_argument("--target-coverage", type=float, help="... or for this coverage (default 0.9)")
+    evaluate.add_argument("--tta", type=_positive, default=1, metavar="A",
+                          help="test-time augmentation views per case (default 1: none); small shifts, flips only "
+                          "where training used them")
     evaluate.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
     evaluate.add_argument("--ood", metavar="DATA", help="another dataset (.npz or folder) to test OOD detection on")
     evaluate.set_defaults(handler=_cmd_evaluate)
@@ -241,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: the calibration's batch size (reproduces evaluate's MC samples), else 64")
     predict.add_argument("--mc-samples", type=_non_negative, default=None, metavar="T",
                          help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 0)")
+    predict.add_argument("--tta", type=_positive, default=None, metavar="A",
+                         help="test-time augmentation views (default: as calibrated, else 1)")
     predict.add_argument("--skip-bad", action="store_true",
                          help="predict the readable inputs and list each unreadable one with its reason "
                          "(column 'error') instead of stopping at the first")
@@ -268,6 +317,42 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show no file names or data paths (always on for sources marked `sensitive: true`)")
     report.add_argument("--tsne-points", type=int, default=1500, metavar="N", help="cases in the t-SNE map (default 1500)")
     report.set_defaults(handler=_cmd_report)
+
+    export = commands.add_parser("export", help="ONNX, TorchScript or a MONAI-style bundle, parity-checked on real images")
+    export.add_argument("checkpoint", help="run folder, bundle, model folder, model.safetensors or a .ckpt")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "bundle"),
+                        help="onnx: deterministic + stochastic graphs; torchscript: the same, traced; bundle: "
+                        "MONAI-style folder (weights, ONNX graphs, model card, README) that load_model reads")
+    export.add_argument("--output", required=True, help="folder to write (new, empty, or an earlier export)")
+    export.add_argument("--parity-images", metavar="PATH",
+                        help="real images for the parity check (files, folder, manifest, .npz); default: the run's "
+                        "test split")
+    export.add_argument("--parity-count", type=_positive, default=100, metavar="N",
+                        help="images in the parity check (default 100)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or more (default 17)")
+    export.add_argument("--mc-samples", type=_positive, default=None, metavar="T",
+                        help="MC samples of the parity check and the JSON (default: as calibrated, else 30)")
+    export.set_defaults(handler=_cmd_export)
+
+    serve = commands.add_parser("serve", help="HTTP API and a page for clinicians (FastAPI + uvicorn)")
+    serve.add_argument("checkpoint", help="run folder, bundle, model folder, model.safetensors or a .ckpt")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--mc-samples", type=_non_negative, default=None, metavar="T",
+                       help="MC-dropout samples per case (default: as calibrated by `evaluate --mc-samples`, else 0)")
+    serve.add_argument("--workers", type=_positive, default=1, help="uvicorn worker processes (default 1)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, metavar="M",
+                       help="largest upload accepted, per file (default 20)")
+    serve.add_argument("--max-batch", type=_positive, default=32, help="requests per forward pass at most (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a batch waits for requests still being decoded (default 5)")
+    serve.add_argument("--runtime", choices=("auto", "onnx", "torch"), default="auto",
+                       help="onnx: the exported graphs in onnxruntime (checked against PyTorch at startup); "
+                       "torch: PyTorch; auto (default): onnxruntime for one network, PyTorch for ensembles")
+    serve.add_argument("--rows", type=_positive, default=None, metavar="N",
+                       help="with --runtime torch: rows per model call (default: the batch; 32 gives bit for bit "
+                       "the numbers of `dualfuse predict` under any load, at 32 rows of compute per batch)")
+    serve.set_defaults(handler=_cmd_serve)
 
     # `dualfuse data ...` commands are added below by the data layer.
     data = commands.add_parser("data", help="inspect datasets")

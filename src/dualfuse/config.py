@@ -48,7 +48,10 @@ class DataConfig:
     sequences); `mode: zip` zips two or more single-modality sources into DRIFA-Net's multitask
     tuples, re-paired every epoch (each source's name is its modality, `<name>_label` its task).
     Sources without a validation (or test) split get one carved out, stratified and grouped by
-    patient, and the split is saved in the run folder.
+    patient, and the split is saved in the run folder. A calibration split (`cal_fraction` of the
+    source, carved from train the same way) fits temperature, referral and conformal thresholds
+    only; val keeps choosing the checkpoint and stopping early. With `cal_fraction: 0`, or too few
+    cases to carve one, calibration falls back to val and the run says so.
     """
 
     mode: str = "single"
@@ -62,6 +65,7 @@ class DataConfig:
     num_workers: int = 2
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    cal_fraction: float = 0.1
     split_file: Optional[str] = None
     zip_length: str = "min"
     max_train_cases: Optional[int] = None
@@ -107,6 +111,9 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     seed: int = 0
+    # Deep ensemble in one run: K members trained on the same split with seeds seed, seed+1, ...; member 0
+    # is the run's model/, members 1..K-1 go to members/<k>/ (evaluate and predict use them all).
+    members: int = 1
     # "warn": deterministic algorithms wherever PyTorch has them (all of them on the CPU, so runs and
     # resumes repeat exactly), a warning where CUDA has none (bilinear upsampling and adaptive pooling
     # backward, which DCAT uses); true makes those an error, false allows faster non-deterministic kernels.
@@ -265,13 +272,13 @@ def validate(config: RunConfig) -> None:
     _at_least(data.num_workers, 0, "data.num_workers")
     _at_least(data.max_train_cases, 1, "data.max_train_cases")
     _at_least(data.max_eval_cases, 1, "data.max_eval_cases")
-    for key in ("val_fraction", "test_fraction"):
+    for key in ("val_fraction", "test_fraction", "cal_fraction"):
         value = getattr(data, key)
-        if not 0 <= value < 1:
+        if not (math.isfinite(value) and 0 <= value < 1):
             raise ConfigError(f"config: data.{key} must be in [0, 1), got {value}")
-    if data.val_fraction + data.test_fraction >= 1:
-        raise ConfigError(f"config: data.val_fraction + data.test_fraction must be below 1 (something must be left to "
-                          f"train on), got {data.val_fraction} + {data.test_fraction}")
+    if data.val_fraction + data.test_fraction + data.cal_fraction >= 1:
+        raise ConfigError(f"config: data.val_fraction + data.test_fraction + data.cal_fraction must be below 1 (something "
+                          f"must be left to train on), got {data.val_fraction} + {data.test_fraction} + {data.cal_fraction}")
     _choice(data.zip_length, ("min", "max"), "data.zip_length")
     _choice(train.optimizer, ("adamw", "adam"), "train.optimizer")
     _choice(train.scheduler, ("cosine", "plateau", "none"), "train.scheduler")
@@ -288,6 +295,7 @@ def validate(config: RunConfig) -> None:
     _at_least(train.plateau_patience, 0, "train.plateau_patience")
     _at_least(train.early_stopping_patience, 0, "train.early_stopping_patience")
     _at_least(train.num_nodes, 1, "train.num_nodes")
+    _at_least(train.members, 1, "train.members")
     if not 0 < train.plateau_factor < 1:
         raise ConfigError(f"config: train.plateau_factor must be in (0, 1), got {train.plateau_factor}")
     if not 0 <= train.label_smoothing < 1:

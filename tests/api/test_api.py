@@ -191,3 +191,57 @@ def test_model_spec_round_trip(small_run, tmp_path):
     (tmp_path / "spec.json").write_text(spec.to_json())
     assert ModelSpec.from_json(tmp_path / "spec.json") == spec
     assert list(spec.build().eval()(torch.zeros(1, 1, 32, 32))) == ["label"]
+
+
+# -- issue 13: calibration per predictor, per-case numbers ------------------------------------------
+
+@pytest.fixture(scope="module")
+def calibrated_small(small_run, tmp_path_factory):
+    from dualfuse.api import evaluate
+
+    run = tmp_path_factory.mktemp("cal") / "run"
+    import shutil
+
+    shutil.copytree(small_run, run)
+    summary = evaluate(run, output=run / "evaluation", mc_samples=3, tta=2)
+    return run, summary
+
+
+def test_evaluate_calibrates_every_predictor_on_the_calibration_split(calibrated_small):
+    run, summary = calibrated_small
+    assert summary["calibration_split"] == "cal" and summary["calibration_note"] is None
+    stored = json.loads((run / "model" / "uncertainty.json").read_text())
+    assert stored["default"] == "1x3x2" and set(stored["predictors"]) == {"1x0", "1x3", "1x0x2", "1x3x2"}
+    temperatures = {k: v["label"]["temperature"] for k, v in stored["predictors"].items()}
+    assert len(set(temperatures.values())) == 4, temperatures  # each predictor fitted on its own samples
+    report = summary["uncertainty"]["label"]
+    assert set(report["predictors"]) == set(stored["predictors"]) and "test" in report["predictors"]["1x3x2"]
+
+
+def test_a_case_gets_the_same_numbers_whatever_the_batch(calibrated_small, images, tmp_path):
+    run, _ = calibrated_small
+    frames = [predict(run, [str(images)], tmp_path / f"b{size}.csv", batch_size=size) for size in (1, 7, 64)]
+    rows = sorted((images).iterdir())
+    manifest = tmp_path / "reversed.csv"
+    manifest.write_text("case_id,image\n" + "".join(f"{p.name},{p}\n" for p in reversed(rows)))
+    reversed_frame = predict(run, [str(manifest)], tmp_path / "rev.csv", batch_size=7)
+    reference = frames[0].set_index("case_id").sort_index()
+    columns = [c for c in reference.columns if c.startswith("label_") and c != "label_set"]
+    for other in (*frames[1:], reversed_frame):
+        other = other.set_index("case_id").sort_index()
+        assert (other[columns] == reference[columns]).all().all()  # bit for bit, refer flags included
+        assert (other["label_set"] == reference["label_set"]).all()
+
+
+def test_predict_with_another_predictor_uses_its_own_calibration(calibrated_small, images, tmp_path):
+    run, _ = calibrated_small
+    stored = json.loads((run / "model" / "uncertainty.json").read_text())
+    softmax = predict(run, [str(images)], tmp_path / "s.csv", mc_samples=0, tta=1)
+    assert "label_mutual_information" not in softmax.columns
+    assert set(json.loads((run / "model" / "uncertainty.json").read_text())["predictors"]) == set(stored["predictors"])
+    # A predictor evaluate did not fit (5 samples) is fitted on the calibration split, never borrowed.
+    with pytest.warns(UserWarning, match="not calibrated yet"):
+        predict(run, [str(images)], tmp_path / "m5.csv", mc_samples=5, tta=1)
+    refitted = json.loads((run / "model" / "uncertainty.json").read_text())["predictors"]
+    assert "1x5" in refitted and refitted["1x5"]["label"]["temperature"] != stored["predictors"]["1x3"]["label"][
+        "temperature"]

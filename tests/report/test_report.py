@@ -85,8 +85,11 @@ def test_report_is_self_contained_and_complete(report):
             "label_uncertainty_histograms.png", "label_tsne.png"} <= figures
     # The calibration that `evaluate` stored is the one the report shows (not refitted).
     stored = json.loads((run / "model" / "uncertainty.json").read_text())
-    assert f"{stored['tasks']['label']['referral']['threshold']:.3f}" in html
+    assert f"{stored['predictors'][stored['default']]['label']['referral']['threshold']:.3f}" in html
     assert "has not been calibrated" not in html
+    # The calibration split and the predictor are named; referral includes ambiguous conformal sets.
+    assert "calibrated on the cal split" in html and "MC dropout, 8 samples" in html
+    assert "conformal prediction set is empty or holds more than one class" in html
 
 
 def test_report_renders_in_headless_chromium_without_errors_or_requests(report, tmp_path):

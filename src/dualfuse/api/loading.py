@@ -6,7 +6,8 @@ server all start from the same object. Loading never imports Lightning and never
 """
 from __future__ import annotations
 
-import json
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,49 +15,117 @@ import numpy as np
 import torch
 from torch import nn
 
+from dualfuse.api.calibration import Calibration, CalibrationError, calibration_split, fit_calibrations
 from dualfuse.api.run_folder import CALIBRATION_FILE, RunFolder, RunFolderError
-from dualfuse.evaluation.predictions import softmax
+from dualfuse.device import default_device
+from dualfuse.evaluation.predictions import Predictions, Predictor, predict_batch, predict_loader
 from dualfuse.models.saved import SPEC_NAME
 from dualfuse.models.saved import load_model as load_saved_model
 from dualfuse.models.spec import ModelSpec
-from dualfuse.uncertainty.ensemble import ensemble_mc_logits
+from dualfuse.uncertainty.mc_dropout import case_keys
+from dualfuse.uncertainty.tta import TTAConfig
 
 
 @dataclass
 class LoadedModel:
     """A trained model ready for inference: `model` (the first ensemble member), `spec`, `calibration`
-    (temperature, referral and conformal thresholds per task, or `None`), and all `members`."""
+    (every calibrated predictor's temperature, referral and conformal thresholds, or `None`), and
+    all ensemble `members`."""
 
     model: nn.Module
     spec: ModelSpec
-    calibration: dict | None = None
+    calibration: Calibration | None = None
     members: list[nn.Module] = field(default_factory=list)
     run: RunFolder | None = None
     path: Path | None = None
 
     @property
     def mc_samples(self) -> int:
-        """MC-dropout samples the calibration was fitted with (0: deterministic softmax)."""
-        return int(self.calibration["mc_samples"]) if self.calibration else 0
+        """MC-dropout samples of the calibrated default predictor (0: the softmax)."""
+        return self.calibration.mc_samples if self.calibration else 0
 
-    def temperature(self) -> dict[str, float]:
-        return {t: float(e["temperature"]) for t, e in (self.calibration or {}).get("tasks", {}).items()}
+    @property
+    def seed(self) -> int:
+        return self.calibration.seed if self.calibration else 0
+
+    def predictor(self, mc_samples: int | None = None, tta: int | None = None) -> Predictor:
+        """What `predict` runs: every member, with `mc_samples` MC samples and `tta` views each (default:
+        as calibrated)."""
+        default = self.calibration.default_predictor if self.calibration else Predictor()
+        return Predictor(len(self.members), default.samples if mc_samples is None else mc_samples,
+                         default.views if tta is None else tta)
+
+    def tta_config(self, predictor: Predictor) -> TTAConfig | None:
+        """How the predictor's TTA views are drawn (as calibrated), or None without views."""
+        if predictor.views == 1:
+            return None
+        return self.calibration.tta_config(predictor.views) if self.calibration else TTAConfig(views=predictor.views)
+
+    def calibrated(self, predictor: Predictor) -> dict[str, dict] | None:
+        """The calibration of exactly this predictor, or None (never another predictor's)."""
+        return self.calibration.for_predictor(predictor) if self.calibration else None
+
+    def calibrate(self, predictor: Predictor, alpha: float = 0.1) -> dict[str, dict]:
+        """Fit a predictor `evaluate` did not calibrate, on the run's calibration split, with the
+        default predictor's referral target, and store it beside the others (`uncertainty.json`)."""
+        if self.calibration is None or self.run is None:
+            raise CalibrationError(f"{self.path}: predictor {predictor.key} ({predictor.label}) is not calibrated and "
+                                   "there is no run folder to calibrate it on; run `dualfuse evaluate` with it")
+        data = self.run.datamodule(self.spec)
+        split, _ = calibration_split(data)
+        cal = predict_loader(self.members, data.eval_dataloader(split), self.spec, default_device(),
+                             mc_samples=predictor.samples, seed=self.seed, tta=self.tta_config(predictor))
+        referral = next(iter(self.calibration.predictors[self.calibration.default].values()))["referral"]
+        fitted = fit_calibrations(cal, self.spec, [predictor], referral.get("target_accuracy"),
+                                  referral.get("target_coverage"), alpha)
+        self.calibration.predictors.update(fitted)
+        self.calibration.write(calibration_path(self.path))
+        return fitted[predictor.key]
 
     @torch.no_grad()
-    def predict_proba(self, inputs) -> dict[str, np.ndarray]:
-        """`{task: (B, C) probabilities}` for a batch of preprocessed inputs, as `predict` computes
-        them: the calibrated MC/ensemble mean when the model is calibrated, else the softmax."""
-        if self.mc_samples:
-            samples = ensemble_mc_logits(self.members, inputs, self.mc_samples, seed=self.calibration["seed"])
-            temperature = self.temperature()
-            return {t: softmax(s.float().cpu().numpy(), temperature.get(t, 1.0)).mean(axis=0)
-                    for t, s in samples.items()}
-        return {t: softmax(logits.float().cpu().numpy()) for t, logits in self.model.eval()(inputs).items()}
+    def predict_proba(self, inputs, case_ids: Sequence[str] | None = None, mc_samples: int | None = None,
+                      tta: int | None = None) -> dict[str, np.ndarray]:
+        """`{task: (B, C) probabilities}` for a batch of preprocessed inputs, as `predict` computes them:
+        the predictor's calibrated mean when it is calibrated, else the raw mean. MC masks follow each
+        case's id (default: a hash of its pixels), so a case gets the same numbers in any batch."""
+        predictor = self.predictor(mc_samples, tta)
+        if case_ids is None:
+            case_ids = content_ids(inputs)
+        members, samples = predict_batch(self.members, inputs, case_keys(case_ids), list(self.spec.tasks),
+                                         predictor.samples, self.seed, tta=self.tta_config(predictor))
+        view = Predictions(list(case_ids), [""] * len(case_ids), {t: v[0] for t, v in members.items()},
+                           sample_logits=samples, member_logits=members if len(self.members) * predictor.views > 1
+                           else {}, samples=predictor.samples, views=predictor.views)
+        stored = self.calibrated(predictor) or {}
+        view = view.using(predictor, {t: entry["temperature"] for t, entry in stored.items()})
+        return {t: view.probs(t) for t in self.spec.tasks}
+
+
+def content_ids(inputs) -> list[str]:
+    """A case id per row from its pixels (SHA-256), for inputs that come without names."""
+    tensors = list(inputs.values()) if isinstance(inputs, dict) else [inputs]
+    ids = []
+    for row in range(len(tensors[0])):
+        digest = hashlib.sha256()
+        for tensor in tensors:
+            digest.update(tensor[row].detach().float().cpu().contiguous().numpy().tobytes())
+        ids.append("sha256:" + digest.hexdigest()[:32])
+    return ids
+
+
+BUNDLE_MODELS = "models"  # where a bundle (`dualfuse export --format bundle`) keeps its model
+
+
+def is_bundle(path: Path) -> bool:
+    """A MONAI-style bundle: `models/` holds model.safetensors + model.json (and its calibration)."""
+    return (path / BUNDLE_MODELS / SPEC_NAME).is_file() and not (path / "model" / SPEC_NAME).is_file()
 
 
 def model_dir_of(path: Path) -> Path:
-    """A run folder means its exported best model; anything else is taken as given."""
-    return path / "model" if (path / "model" / SPEC_NAME).is_file() else path
+    """A run folder means its exported best model, a bundle its models/; anything else is taken as given."""
+    if (path / "model" / SPEC_NAME).is_file():
+        return path / "model"
+    return path / BUNDLE_MODELS if is_bundle(path) else path
 
 
 def calibration_path(path: Path) -> Path:
@@ -75,15 +144,14 @@ def load_model(path: str | Path, expected_model: str | None = None, with_members
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir() and not (model_dir_of(path) / SPEC_NAME).is_file():
-        raise RunFolderError(f"{path}: neither a run folder (no model/{SPEC_NAME}) nor a model folder "
-                             f"(no {SPEC_NAME}); train into it first, or point at a .safetensors/.ckpt file")
+        raise RunFolderError(f"{path}: neither a run folder (no model/{SPEC_NAME}), a bundle (no models/{SPEC_NAME}) "
+                             f"nor a model folder (no {SPEC_NAME}); train into it first, or point at a .safetensors/.ckpt file")
     model, spec = load_saved_model(model_dir_of(path), expected_model=expected_model)
-    calibration_file = calibration_path(path)
-    calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
-    run = RunFolder.containing(path)
+    calibration = Calibration.read(calibration_path(path))
+    run = None if is_bundle(path) else RunFolder.containing(path)  # a bundle travels alone, even inside a run
     members = [model]
     if with_members:
-        extra = [Path(p) for p in (calibration or {}).get("ensemble", [])]
+        extra = [Path(p) for p in (calibration.members if calibration else [])]
         if run is not None and not extra:
             extra = run.member_dirs()
         members += [load_saved_model(model_dir_of(p), expected_model=spec.name)[0] for p in extra]

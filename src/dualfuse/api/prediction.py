@@ -1,6 +1,7 @@
 """`predict` and `explain`: a saved model applied to new images, files or folders, a manifest or an npz."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -10,11 +11,10 @@ from dualfuse.api.loading import load_model
 from dualfuse.atomic import atomic_write_bytes
 from dualfuse.data.open import open_inputs
 from dualfuse.data.transforms import build_transforms
+from dualfuse.device import default_device
 from dualfuse.evaluation.predictions import predict_loader, predictions_frame
 from dualfuse.explain.overlays import explain_batch, safe_name
 from dualfuse.models.spec import ModelSpec
-from dualfuse.training.fit import default_device
-from dualfuse.uncertainty.conformal import prediction_sets
 
 
 def prediction_loader(inputs: list[str], spec: ModelSpec, split: str | None = None, batch_size: int = 64,
@@ -40,36 +40,41 @@ def _output_file(output: str | Path) -> Path:
 
 
 def predict(checkpoint: str | Path, inputs: list[str], output: str | Path, split: str | None = None,
-            batch_size: int | None = None, mc_samples: int | None = None, skip_bad: bool = False) -> pd.DataFrame:
+            batch_size: int | None = None, mc_samples: int | None = None, skip_bad: bool = False,
+            tta: int | None = None) -> pd.DataFrame:
     """Class probabilities and the predicted class for every input case, written as CSV to `output`.
 
-    If the model was calibrated (`evaluate --mc-samples`), its temperature, MC samples, ensemble and
-    referral threshold are applied: the output gains uncertainty columns, `<task>_refer` ("send this
-    case to a specialist") and `<task>_set` (the conformal prediction set, LAC). With `skip_bad`,
-    unreadable inputs are listed with their reason in an `error` column and the rest are predicted.
+    The predictor is every ensemble member with `mc_samples` MC samples and `tta` test-time
+    augmentation views (defaults: as calibrated). If
+    the model was calibrated (`evaluate --mc-samples`), that predictor's own temperature, referral
+    threshold and conformal thresholds are applied (fitted now on the run's calibration split if
+    `evaluate` did not fit this predictor): the output gains uncertainty columns, `<task>_refer`
+    ("send this case to a specialist") and `<task>_set` (the conformal prediction set, LAC). A case's
+    numbers do not depend on the batch it is in. With `skip_bad`, unreadable inputs are listed with
+    their reason in an `error` column and the rest are predicted.
     """
     output = _output_file(output)
     if mc_samples is not None and mc_samples < 0:
         raise ValueError(f"--mc-samples must be 0 or more, got {mc_samples}")
     loaded = load_model(checkpoint)
-    spec, stored = loaded.spec, loaded.calibration
-    samples = mc_samples if mc_samples is not None else loaded.mc_samples
-    batch_size = batch_size if batch_size is not None else ((stored or {}).get("batch_size") or 64)
-    loader = prediction_loader([str(i) for i in inputs], spec, split, batch_size, skip_bad=skip_bad)
-    predictions = predict_loader(loaded.members, loader, spec, default_device(), mc_samples=samples,
-                                 seed=stored["seed"] if stored else 0)
+    spec = loaded.spec
+    if tta is not None and tta < 1:
+        raise ValueError(f"--tta must be at least 1 (1: no test-time augmentation), got {tta}")
+    predictor = loaded.predictor(mc_samples, tta)
+    stored = None
+    if loaded.calibration is not None:
+        stored = loaded.calibrated(predictor)
+        if stored is None:  # never borrow another predictor's temperature and thresholds: fit this one
+            warnings.warn(f"{predictor.label} is not calibrated yet; calibrating it on the run's calibration split",
+                          stacklevel=2)
+            stored = loaded.calibrate(predictor)
+    loader = prediction_loader([str(i) for i in inputs], spec, split, batch_size or 64, skip_bad=skip_bad)
+    predictions = predict_loader(loaded.members, loader, spec, default_device(), mc_samples=predictor.samples,
+                                 seed=loaded.seed, tta=loaded.tta_config(predictor))
     # A deployed model predicts every task it has, whatever labels the input carries.
     predictions.labels = {}
-    referral = None
-    if stored:
-        predictions.temperature = loaded.temperature()
-        referral = {task: entry["referral"]["threshold"] for task, entry in stored["tasks"].items()}
-    frame = predictions_frame(predictions, spec.tasks, referral=referral)
-    if stored:
-        for task, entry in stored["tasks"].items():
-            sets = prediction_sets(predictions.probs(task), entry["conformal"]["lac"]["qhat"], "lac")
-            names = spec.tasks[task]
-            frame[f"{task}_set"] = ["|".join(n for n, keep in zip(names, row) if keep) for row in sets]
+    predictions = predictions.using(predictor, {t: entry["temperature"] for t, entry in (stored or {}).items()})
+    frame = predictions_frame(predictions, spec.tasks, calibration=stored)
     skipped = getattr(loader.dataset, "skipped", [])
     if skip_bad:
         frame["error"] = ""

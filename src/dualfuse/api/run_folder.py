@@ -87,7 +87,8 @@ class RunFolder:
         """Model folders of the further ensemble members trained into this run (`members/<k>/`)."""
         if not self.members_dir.is_dir():
             return []
-        return sorted((p for p in self.members_dir.iterdir() if (p / SPEC_NAME).is_file()), key=lambda p: p.name)
+        found = [p for p in self.members_dir.iterdir() if (p / SPEC_NAME).is_file()]
+        return sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
     def folds(self) -> list[RunFolder]:
         """The cross-validation folds (`fold_<k>/`), in fold order."""
@@ -114,6 +115,20 @@ class RunFolder:
         """Whether any data source is marked `sensitive: true` (paths and names never shown)."""
         sources = (_read_yaml(self.config_path).get("data") or {}).get("sources") or {}
         return any(bool((source or {}).get("sensitive")) for source in sources.values())
+
+    def datamodule(self, spec: ModelSpec, config: RunConfig | None = None):
+        """The run's data, split exactly as at training time (its split.csv), ready to predict."""
+        return self.datamodule_for(spec, config or self.config(), self.split_path)
+
+    @staticmethod
+    def datamodule_for(spec: ModelSpec, config: RunConfig, split_path: Path | None = None):
+        """The data of `config` as `spec`'s model reads it (Lightning is imported here, not on load)."""
+        from dualfuse.data.datamodule import ClassificationDataModule
+
+        data = ClassificationDataModule(config.data, in_chans=spec.preprocessing.in_chans, seed=config.train.seed,
+                                        split_path=split_path)
+        data.setup()
+        return data
 
     # -- writing -----------------------------------------------------------------------------------
     def prepare(self) -> list[Path]:

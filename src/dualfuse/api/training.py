@@ -1,20 +1,25 @@
 """`train(config)`: check the data and model, fit, keep the best weights, evaluate, write the run folder."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from dualfuse.api.evaluation import evaluate_datamodule
 from dualfuse.api.run_folder import RunFolder
+from dualfuse.atomic import remove_stale_temporaries
 from dualfuse.config import ConfigError, RunConfig
 from dualfuse.data.datamodule import ClassificationDataModule
+from dualfuse.device import default_device
 from dualfuse.models.registry import model_class
-from dualfuse.models.saved import load_weights_only, save_model
+from dualfuse.models.saved import SPEC_NAME, WEIGHTS_NAME, load_weights_only, save_model
+from dualfuse.models.saved import load_model as load_saved_model
 from dualfuse.models.spec import ModelSpec, Preprocessing
-from dualfuse.training.fit import check_monitor, default_device, fit
+from dualfuse.training.fit import check_monitor, fit
 
 
 def spec_from_config(config: RunConfig, data: ClassificationDataModule) -> ModelSpec:
@@ -81,8 +86,40 @@ def _run_folder(config: RunConfig) -> RunFolder:
     return RunFolder(Path("runs") / f"{config.model.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
+def member_dirs(run: RunFolder, members: int) -> list[tuple[Path, Path]]:
+    """`(training folder, model folder)` of every ensemble member: member 0 is the run itself
+    (checkpoints/, logs/, model/), member k >= 1 trains and is saved in `members/<k>/`."""
+    return [(run.path, run.model_dir)] + [(run.members_dir / str(k),) * 2 for k in range(1, members)]
+
+
+def _saved(model_dir: Path) -> bool:
+    """A member's model folder holds both files (model.json is written last)."""
+    return (model_dir / WEIGHTS_NAME).is_file() and (model_dir / SPEC_NAME).is_file()
+
+
+def _finished(train_dir: Path, model_dir: Path, epochs: int) -> bool:
+    """A member is finished when its model is saved and its last checkpoint has every epoch asked for:
+    `--resume --train.epochs N` on a finished run trains on to N epochs."""
+    if not _saved(model_dir):
+        return False
+    last = train_dir / "checkpoints" / "last.ckpt"
+    return not last.is_file() or int(load_weights_only(last).get("epoch", -1)) + 1 >= epochs
+
+
+def _member_config(config: RunConfig, k: int) -> RunConfig:
+    """Member k's config: the run's, with seed `train.seed + k` (initialisation, data order, augmentation, dropout)."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=config.train.seed + k))
+
+
 def train(config: RunConfig, resume: bool = False) -> dict | None:
     """Train, keep the best checkpoint, evaluate it on the configured splits, write the run folder.
+
+    With `train.members` K > 1, K members are trained one after the other on the same split, with
+    seeds `train.seed + k`: member 0 is the run's model (checkpoints/, model/), members 1..K-1 are
+    model folders `members/<k>/` (each with its own checkpoints/ and logs/), which `load_model`,
+    `evaluate` and `predict` use as the run's deep ensemble. metrics.json evaluates member 0.
+    `resume=True` skips finished members (their model folder is written) and continues the one
+    training stopped in from its last checkpoint.
 
     Returns the run summary (also `RUN_DIR/metrics.json`) on the main process, `None` on other DDP
     ranks or when training was interrupted (resume it with `resume=True`).
@@ -106,20 +143,52 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     data.in_chans = spec.preprocessing.in_chans
     data.setup()  # splits are carved (and checked) here, before the run folder is written
     run.prepare()
-    result = fit(config, spec, data, run.path, resume, files_before={"config.yaml": run.config_bytes(config)})
-    if not result.is_global_zero:
-        return None
-    if result.interrupted:
-        return {"interrupted": True, "run_dir": str(run.path)}
+    folders = member_dirs(run, config.train.members)
+    for train_dir, _ in folders[1:]:
+        for folder in (train_dir, train_dir / "checkpoints"):
+            remove_stale_temporaries(folder)
 
-    save_model(run.model_dir, result.model, spec)
-    metrics, frame, _ = evaluate_datamodule([result.model], spec, data, config)
+    first = None  # member 0's FitResult, when it was trained (or continued) by this call
+    seconds = 0.0
+    is_global_zero = rank_zero_only.rank == 0  # what Lightning's launcher says, until a fit says so itself
+    for k, (train_dir, model_dir) in enumerate(folders):
+        if resume and _finished(train_dir, model_dir, config.train.epochs):
+            continue  # finished before the interruption
+        member = _member_config(config, k)
+        if k:  # member 0 keeps the seeding above, so a one-member run is what it always was
+            pl.seed_everything(member.train.seed, workers=True, verbose=False)
+        data.seed = member.train.seed  # data order and augmentation of this member; the split stays the run's
+        try:
+            result = fit(member, spec, data, train_dir, resume and (train_dir / "checkpoints" / "last.ckpt").is_file(),
+                         files_before={"config.yaml": run.config_bytes(config)} if k == 0 else None)
+        finally:
+            data.seed = config.train.seed
+        seconds += result.seconds
+        is_global_zero = result.is_global_zero
+        if result.interrupted:
+            return {"interrupted": True, "run_dir": str(run.path)} if result.is_global_zero else None
+        if result.is_global_zero:
+            save_model(model_dir, result.model, spec)
+        if k == 0:
+            first = result
+    if not is_global_zero:
+        return None
+
+    if first is not None:
+        model, best, epochs = first.model, first.best_checkpoint, first.epochs_trained
+    else:  # member 0 had finished before the interruption: its saved weights are the best checkpoint's
+        model = load_saved_model(run.model_dir, expected_model=config.model.name)[0]
+        best = run.checkpoints_dir / "best.ckpt"
+        best = best if best.is_file() else run.last_checkpoint
+        epochs = int(load_weights_only(run.last_checkpoint).get("epoch", -1)) + 1
+    metrics, frame, _ = evaluate_datamodule([model], spec, data, config)
     summary = {
         "model": config.model.name,
         "run_dir": str(run.path),
-        "best_checkpoint": result.best_checkpoint.name,
-        "epochs_trained": result.epochs_trained,
-        "train_seconds": round(result.seconds, 1),
+        "best_checkpoint": best.name,
+        "epochs_trained": epochs,
+        "members": config.train.members,
+        "train_seconds": round(seconds, 1),
         "device": default_device(),
         "tasks": metrics,
     }

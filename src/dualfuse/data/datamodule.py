@@ -1,8 +1,10 @@
 """A LightningDataModule over the data layer: sources → splits → transforms → loaders.
 
-It turns a `DataConfig` into train/val/test datasets the same way every time: splits come from
+It turns a `DataConfig` into train/val/cal/test datasets the same way every time: splits come from
 the source when it has them, are carved out (stratified, grouped by patient) when it does not,
-and are saved so that a run can be repeated or resumed on exactly the same cases.
+and are saved so that a run can be repeated or resumed on exactly the same cases. The calibration
+split (`cal`) is carved from train after val and test are settled; where there is no room for one,
+calibration falls back to val and `calibration_note` says why.
 """
 from __future__ import annotations
 
@@ -20,16 +22,29 @@ from dualfuse.config import DataConfig, SourceConfig, expand_path
 from dualfuse.data.base import CaseDataset, DataError, rare_classes
 from dualfuse.data.multimodal import ZipDataset
 from dualfuse.data.open import open_source
-from dualfuse.data.splits import apply_split, load_split, make_split, save_split
+from dualfuse.data.splits import SPLITS, apply_split, carve_calibration, load_split, make_split, save_split
 from dualfuse.data.transforms import AugmentConfig, build_transforms
 
-SPLITS = ("train", "val", "test")
+FALLBACK = "temperature, referral and conformal thresholds were fitted on val, which also chose the checkpoint"
 
 
 def assign_splits(dataset: CaseDataset, config: DataConfig, seed: int) -> dict[str, str]:
-    """`{case_id: split}`: the source's own splits, with missing val/test carved out of train."""
+    """`{case_id: split}`: the source's own splits, with missing val/test carved out of train, then cal."""
+    return plan_splits(dataset, config, seed)[0]
+
+
+def plan_splits(dataset: CaseDataset, config: DataConfig, seed: int) -> tuple[dict[str, str], str | None]:
+    """`({case_id: split}, reason)`: the source's own splits (or `data.split_file`), with missing
+    val/test carved out of train, then a missing cal carved out of what train has left.
+
+    `reason` is None when there is a cal split, else a plain phrase saying why there is none.
+    Sources with official val/test (MedMNIST) keep them; cal comes from their train only.
+    """
     if config.split_file:
-        return load_split(expand_path(config.split_file, "data.split_file"))
+        path = expand_path(config.split_file, "data.split_file")
+        assigned = load_split(path)
+        _check_split_names(assigned, path)
+        return add_calibration(dataset, assigned, config, seed)
     assigned = {r.case_id: (r.split or "train") for r in dataset.records}
     present = set(assigned.values())
     unknown = present - set(SPLITS)
@@ -44,7 +59,30 @@ def assign_splits(dataset: CaseDataset, config: DataConfig, seed: int) -> dict[s
         carved = make_split(pool, val_fraction=min(carve_val * scale, 0.5), test_fraction=min(carve_test * scale, 0.5),
                             seed=seed)
         assigned.update(carved)
-    return assigned
+    return add_calibration(dataset, assigned, config, seed)
+
+
+def add_calibration(dataset: CaseDataset, assigned: Mapping[str, str], config: DataConfig,
+                    seed: int) -> tuple[dict[str, str], str | None]:
+    """`assigned` with `data.cal_fraction` of the source moved from train to cal (see
+    `carve_calibration`), and None; or `assigned` unchanged and why there is no cal split."""
+    assigned = dict(assigned)
+    if "cal" in assigned.values():
+        return assigned, None
+    if config.cal_fraction <= 0:
+        return assigned, "data.cal_fraction is 0"
+    pool = dataset.with_records([r for r in dataset.records if assigned.get(r.case_id) == "train"])
+    scale = len(dataset) / max(len(pool), 1)  # cal_fraction is of the whole source, like val/test
+    carved, reason = carve_calibration(pool, config.cal_fraction * scale, seed=seed)
+    if reason is None:
+        assigned.update(carved)
+    return assigned, reason
+
+
+def _check_split_names(assigned: Mapping[str, str], where: object) -> None:
+    unknown = sorted(set(assigned.values()) - set(SPLITS))
+    if unknown:
+        raise DataError(where, f"unknown split name(s) {unknown}; expected {', '.join(SPLITS)}")
 
 
 def _subsample(dataset: CaseDataset, limit: int | None, seed: int) -> CaseDataset:
@@ -103,7 +141,10 @@ class EpochSeededDataset(Dataset):
 
 
 class ClassificationDataModule(pl.LightningDataModule):
-    """Train/val/test loaders for one `DataConfig`.
+    """Train/val/cal/test loaders for one `DataConfig`.
+
+    Training sees train only; val chooses the checkpoint and stops early; cal (when there is one,
+    see `calibration_split`) is for temperature, referral and conformal thresholds only.
 
     Args:
         config: the data section of a run config.
@@ -122,6 +163,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.split_path = Path(split_path) if split_path else None
         self.datasets: dict[str, object] = {}
+        self._calibration: tuple[str, str | None] = ("val", None)
         self.sources = {name: self._open(name, source) for name, source in config.sources.items()}
 
     def _open(self, name: str, source: SourceConfig) -> CaseDataset:
@@ -173,31 +215,76 @@ class ClassificationDataModule(pl.LightningDataModule):
         )
 
     # --- splits -----------------------------------------------------------------------------------
-    def _split_source(self, name: str, dataset: CaseDataset) -> dict[str, CaseDataset]:
-        split_file = self.split_path.with_name(f"{self.split_path.stem}-{name}.csv") \
-            if self.split_path and self.config.mode == "zip" else self.split_path
+    def _split_file(self, name: str) -> Path | None:
+        if self.split_path is None:
+            return None
+        return self.split_path.with_name(f"{self.split_path.stem}-{name}.csv") if self.config.mode == "zip" \
+            else self.split_path
+
+    def _assign(self, name: str, dataset: CaseDataset) -> tuple[dict[str, str], str | None, bool]:
+        """`(assigned, reason there is no cal or None, freshly made)`: a saved split is read back as it is."""
+        split_file = self._split_file(name)
         if split_file is not None and split_file.is_file():
             assigned = load_split(split_file)
-        else:
-            try:
-                assigned = assign_splits(dataset, self.config, self.seed)
-            except DataError as error:
-                raise DataError(f"data.sources.{name}", error) from None
-            if split_file is not None:
-                save_split(assigned, split_file)
-        dataset = apply_split(dataset, assigned, source=split_file or "data split")
-        parts = {split: dataset.split(split) for split in SPLITS}
-        parts["train"] = _subsample(parts["train"], self.config.max_train_cases, self.seed)
-        for split in ("val", "test"):
-            parts[split] = _subsample(parts[split], self.config.max_eval_cases, self.seed)
+            _check_split_names(assigned, split_file)
+            if "cal" in assigned.values():
+                return assigned, None, False
+            # Why it has none: what carving would have said, or a split saved before cal existed.
+            _, reason = add_calibration(dataset, assigned, self.config, self.seed)
+            return assigned, reason or f"the saved {split_file.name} predates data.cal_fraction and has no cal cases", False
+        try:
+            assigned, reason = plan_splits(dataset, self.config, self.seed)
+        except DataError as error:
+            raise DataError(f"data.sources.{name}", error) from None
+        return assigned, reason, True
+
+    def _split_sources(self) -> dict[str, dict[str, CaseDataset]]:
+        """`{source: {split: dataset}}`, splits saved; sets `calibration_split` and `calibration_note`."""
+        plans = {name: self._assign(name, dataset) for name, dataset in self.sources.items()}
+        reasons = {name: reason for name, (_, reason, _) in plans.items() if reason}
+        parts = {}
+        for name, (assigned, _, fresh) in plans.items():
+            split_file = self._split_file(name)
+            if fresh:
+                if reasons:  # zip: one source without room sends every source's calibration to val
+                    assigned = {case: "train" if split == "cal" else split for case, split in assigned.items()}
+                if split_file is not None:
+                    save_split(assigned, split_file)
+            dataset = apply_split(self.sources[name], assigned, source=split_file or "data split")
+            part = {split: dataset.split(split) for split in SPLITS}
+            part["train"] = _subsample(part["train"], self.config.max_train_cases, self.seed)
+            for split in ("val", "cal", "test"):
+                part[split] = _subsample(part[split], self.config.max_eval_cases, self.seed)
+            parts[name] = part
+        self._calibration = ("val", self._note(reasons)) if reasons else ("cal", None)
         return parts
+
+    def _note(self, reasons: dict[str, str]) -> str:
+        if len(set(reasons.values())) == 1 and len(reasons) == len(self.sources):
+            why = next(iter(reasons.values()))
+        else:
+            why = "; ".join(f"data.sources.{name}: {reason}" for name, reason in reasons.items())
+        return f"no calibration split ({why}): {FALLBACK}"
+
+    @property
+    def calibration_split(self) -> str:
+        """`"cal"` when the data has a calibration split, else `"val"` (see `calibration_note`)."""
+        self.setup()
+        return self._calibration[0]
+
+    @property
+    def calibration_note(self) -> str | None:
+        """None with a cal split; else one sentence saying that calibration used val, and why."""
+        self.setup()
+        return self._calibration[1]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        per_source = self._split_sources()
+        splits = [s for s in SPLITS if s != "cal" or self._calibration[0] == "cal"]
         if self.config.mode == "zip":
-            per_source = {name: self._split_source(name, ds) for name, ds in self.sources.items()}
-            for split in SPLITS:
+            for split in splits:
                 members = {}
                 for name, parts in per_source.items():
                     part = parts[split]
@@ -206,8 +293,9 @@ class ClassificationDataModule(pl.LightningDataModule):
                 length = self.config.zip_length if split == "train" else "max"
                 self.datasets[split] = ZipDataset(members, length=length, seed=self.seed)
             return
-        (name, dataset), = self.sources.items()
-        for split, part in self._split_source(name, dataset).items():
+        (name, parts), = per_source.items()
+        for split in splits:
+            part = parts[split]
             part.transform = self._transforms(list(part.modalities), split == "train", list(part.modalities))
             self.datasets[split] = part
         if len(self.datasets["train"]) == 0:

@@ -1,16 +1,19 @@
-"""Reproducible train/val/test assignment: stratified by class, grouped by patient, saved to disk.
+"""Reproducible train/val/cal/test assignment: stratified by class, grouped by patient, saved to disk.
 
 Grouping matters more than stratification in medical imaging: neighbouring CT slices or repeat
 scans of one patient are near-identical, so an image-level split puts the same patient in train and
 test and inflates every metric. When records carry ``patient_id`` all of a patient's cases land in
 one split; stratification is then approximate (``StratifiedGroupKFold`` balances classes over whole
 groups). Splits are plain ``{case_id: split}`` maps so they can be saved next to a run and re-applied.
+The vocabulary is ``SPLITS``: train, val (checkpoint selection, early stopping), cal (calibration only:
+temperature, referral and conformal thresholds; see ``carve_calibration``) and test.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,9 +30,12 @@ from sklearn.model_selection import (
 
 from dualfuse.data.base import CaseDataset, CaseRecord, DataError
 
-__all__ = ["SPLITS", "apply_split", "kfold_splits", "load_split", "make_split", "save_split", "split_indices"]
+__all__ = ["MIN_CAL_POOL", "MIN_CAL_PER_CLASS", "SPLITS", "apply_split", "carve_calibration", "kfold_splits",
+           "load_split", "make_split", "save_split", "split_indices"]
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "cal", "test")
+MIN_CAL_POOL = 100  # a training pool smaller than this gets no calibration split
+MIN_CAL_PER_CLASS = 2  # every class keeps at least this many cases (patients, when grouped) in cal and in train
 Records = CaseDataset | Sequence[CaseRecord]
 
 
@@ -167,6 +173,68 @@ def _check_classes_fit(labels: np.ndarray, groups: np.ndarray | None, needed: in
             unit = "patient" if groups is not None else "case"
             raise DataError(f"class {name!r}", f"only {count} {unit}(s), but carving train/val/test puts it in "
                             f"{needed} splits; add {unit}s, drop the class, or give a split file (data.split_file)")
+
+
+def carve_calibration(
+    pool: Records,
+    fraction: float,
+    seed: int = 0,
+    stratify: bool = True,
+    group_by_patient: bool = True,
+    task: str | None = None,
+    min_pool: int = MIN_CAL_POOL,
+    min_per_class: int = MIN_CAL_PER_CLASS,
+) -> tuple[dict[str, str], str | None]:
+    """Hold ``fraction`` of a training ``pool`` out as ``"cal"``: ``({case_id: "train" | "cal"}, None)``.
+
+    The same machinery as ``make_split`` (stratified on ``task``, default the first; grouped by
+    patient; seeded), so a run repeats exactly. When there is no room, nothing is carved and the
+    answer is ``({case_id: "train"}, reason)``, ``reason`` a plain phrase ("too few cases: ..."):
+    the pool has fewer than ``min_pool`` cases, or some class (of any task) would keep fewer than
+    ``min_per_class`` cases (patients, when grouped) in cal or in train.
+    """
+    class_names = pool.classes if isinstance(pool, CaseDataset) and pool.classes else None
+    records = _records(pool)
+    ids = _case_ids(records)
+    everything_train = dict.fromkeys(ids, "train")
+    if fraction <= 0:
+        return everything_train, "the calibration fraction is 0"
+    if len(records) < min_pool:
+        return everything_train, f"too few cases: the training pool has {len(records)} cases, under {min_pool}"
+    labels, groups = _labels_and_groups(records, task, group_by_patient)
+    try:
+        with warnings.catch_warnings():  # a class smaller than the folds: reported below, in words
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            _, held = _hold_out(labels, groups, min(fraction, 0.5), seed, stratify)
+    except ValueError:  # fewer patients than folds
+        count = len(records) if groups is None else len(np.unique(groups))
+        unit = "case" if groups is None else "patient"
+        return everything_train, f"too few cases: the training pool has {count} {unit}s, too few to hold {fraction:.0%} out"
+    in_cal = np.zeros(len(records), dtype=bool)
+    in_cal[held] = True
+    tasks = list(class_names) if class_names else sorted({t for r in records for t in r.labels})
+    for name in tasks:
+        task_labels = np.array([r.labels.get(name, -1) for r in records], dtype=np.int64)
+        names = class_names.get(name) if class_names else None
+        shortfall = _class_shortfall(task_labels, groups, in_cal, min_per_class, names)
+        if shortfall:
+            return everything_train, f"too few cases: {shortfall}"
+    return {i: ("cal" if c else "train") for i, c in zip(ids, in_cal)}, None
+
+
+def _class_shortfall(labels: np.ndarray, groups: np.ndarray | None, in_cal: np.ndarray, needed: int,
+                     names: Sequence[str] | None) -> str | None:
+    """``"class 'x' would have 1 case in cal"`` for the first class short of ``needed`` in cal or train."""
+    unit = "case" if groups is None else "patient"
+    for label in np.unique(labels[labels >= 0]):
+        members = labels == label
+        for part, where in (("cal", in_cal), ("train", ~in_cal)):
+            chosen = members & where
+            count = int(chosen.sum()) if groups is None else len(np.unique(groups[chosen]))
+            if count < needed:
+                name = names[label] if names is not None and label < len(names) else str(label)
+                return f"class {name!r} would have {count} {unit}{'' if count == 1 else 's'} in {part}"
+    return None
 
 
 def kfold_splits(

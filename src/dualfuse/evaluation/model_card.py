@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dualfuse.data.paths import display_path
+from dualfuse.evaluation.predictions import Predictor
 from dualfuse.models.registry import model_class
 from dualfuse.models.spec import ModelSpec
 from dualfuse.version import __version__
@@ -106,10 +107,10 @@ def _calibration(evaluation: dict | None) -> dict | None:
     for task, report in evaluation["uncertainty"].items():
         split = "test" if "test" in report["calibration"] else next(iter(report["calibration"]), None)
         calibration = report["calibration"].get(split, {}) if split else {}
-        after = calibration.get("mc_temperature") or calibration.get("deterministic_temperature") or {}
-        out[task] = {"method": "temperature scaling", "fitted_on": "val", "temperature": report["temperature"],
-                     "ece_before": calibration.get("deterministic", {}).get("ece"), "ece_after": after.get("ece"),
-                     "ece_split": split}
+        out[task] = {"method": "temperature scaling", "predictor": report.get("predictor_label", "softmax"),
+                     "fitted_on": report.get("calibration_split", "val"), "temperature": report["temperature"],
+                     "ece_before": calibration.get("softmax", {}).get("ece"),
+                     "ece_after": calibration.get("predictor_temperature", {}).get("ece"), "ece_split": split}
     return out
 
 
@@ -118,15 +119,23 @@ def _finite(value: Any) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
+def _default_predictor(stored: dict | None) -> dict | None:
+    """The calibration of the predictor `predict` uses by default (`uncertainty.json`, format 2)."""
+    if not stored or stored.get("format") != 2:
+        return None
+    return stored["predictors"][stored["default"]]
+
+
 def _referral(stored: dict | None) -> dict | None:
-    if not stored:
+    tasks = _default_predictor(stored)
+    if not tasks:
         return None
     return {task: {"threshold": _finite(entry["referral"]["threshold"]),
                    "confidence": entry["referral"].get("confidence", "max_prob"),
                    "target_accuracy": entry["referral"].get("target_accuracy"),
                    "target_coverage": entry["referral"].get("target_coverage"),
                    "reachable": bool(entry["referral"].get("reachable", True))}
-            for task, entry in stored["tasks"].items()}
+            for task, entry in tasks.items()}
 
 
 def _reference(name: str) -> list[str]:
@@ -143,15 +152,12 @@ def build_model_card(spec: ModelSpec, config: dict, trained: dict | None = None,
     name = spec.name
     tasks = "; ".join(f"{task} ({', '.join(names)})" for task, names in spec.tasks.items())
     data_source, data_type = _data_source(config, sensitive)
-    mc_samples = int(stored["mc_samples"]) if stored else 0
-    ensemble_size = 1 + len(stored.get("ensemble", [])) if stored else 1
-    if not mc_samples:
+    predictor = Predictor.from_key(stored["default"]) if _default_predictor(stored) else None
+    mc_samples, ensemble_size = (predictor.samples, predictor.members) if predictor else (0, 1)
+    if predictor is None:
         method = "none: deterministic softmax (run `dualfuse evaluate --mc-samples` to calibrate)"
-    elif ensemble_size > 1:
-        method = (f"deep ensemble of {ensemble_size} models x {mc_samples} MC-dropout samples "
-                  "(predictive entropy, mutual information)")
     else:
-        method = f"MC dropout, {mc_samples} samples (predictive entropy, mutual information)"
+        method = f"{predictor.label} (predictive entropy, mutual information), calibrated per predictor"
     use_evaluation = bool(evaluation and evaluation.get("tasks"))
     card = {
         "schema": SCHEMA_ID,

@@ -3,11 +3,18 @@
 Plain PyTorch inference (no Trainer), so `evaluate`, `predict` and the end of `train` share one
 code path and give identical numbers for the same case. With `mc_samples > 0` every case also
 gets T MC-dropout samples per model (K·T for an ensemble), drawn with the exact fast path.
+
+A case's numbers depend on the case alone. Every model call sees exactly `CANONICAL_ROWS` rows
+(the last chunk of a batch padded with copies of its last case): CPU kernels pick their summation
+order by batch size, so a case predicted alone and in a batch of 64 would otherwise differ in the
+7th digit. And MC masks are drawn per (seed, case id, sample). So batch size, order, neighbours and
+the number of devices never change a case's probabilities, entropy or refer flag.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -16,8 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dualfuse.models.spec import ModelSpec
-from dualfuse.uncertainty.ensemble import ensemble_mc_logits
+from dualfuse.uncertainty.conformal import prediction_sets
+from dualfuse.uncertainty.mc_dropout import case_keys, mc_sample_from_state, repeat_state, sample_seeds
 from dualfuse.uncertainty.measures import uncertainty_measures
+from dualfuse.uncertainty.tta import TTAConfig, view_inputs
+
+CANONICAL_ROWS = 32
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -27,10 +38,42 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class Predictor:
+    """How a case's probabilities are formed: the mean over `members` models (1: the first), `views`
+    test-time augmentation views (1: the image only) and `samples` MC-dropout samples each (0: the
+    eval-mode softmax). Each predictor has its own temperature, referral threshold and conformal
+    thresholds: calibration belongs to one predictor."""
+
+    members: int = 1
+    samples: int = 0
+    views: int = 1
+
+    @property
+    def key(self) -> str:
+        return f"{self.members}x{self.samples}" + (f"x{self.views}" if self.views > 1 else "")
+
+    @classmethod
+    def from_key(cls, key: str) -> Predictor:
+        return cls(*(int(part) for part in key.split("x")))
+
+    @property
+    def label(self) -> str:
+        if self.members == 1:
+            text = "softmax" if not self.samples else f"MC dropout, {self.samples} samples"
+        elif not self.samples:
+            text = f"ensemble of {self.members}"
+        else:
+            text = f"ensemble of {self.members} x MC dropout, {self.samples} samples"
+        return text + (f", {self.views} TTA views" if self.views > 1 else "")
+
+
 @dataclass
 class Predictions:
-    """Logits `(N, C)` per task (the first model, eval mode), optional MC samples `(S, N, C)`, labels
-    where known, and an optional temperature per task applied before every softmax."""
+    """Per task: eval-mode logits `(N, C)` of the first model on the image itself, of every member
+    and view `(K*A, N, C)` (member k, view v in row k*A + v), MC samples `(K*A*T, N, C)` (in
+    member, view, sample order), labels where known, and the temperature of the active `predictor`
+    (default: everything drawn, K members x A views x T samples)."""
 
     case_ids: list[str]
     patient_ids: list[str]
@@ -38,22 +81,64 @@ class Predictions:
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     sample_logits: dict[str, np.ndarray] = field(default_factory=dict)
     temperature: dict[str, float] = field(default_factory=dict)
+    member_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    samples: int = 0
+    predictor: Predictor | None = None
+    views: int = 1
 
     @property
     def tasks(self) -> list[str]:
         return list(self.logits)
 
+    @property
+    def members(self) -> int:
+        return next(iter(self.member_logits.values())).shape[0] // self.views if self.member_logits else 1
+
+    @property
+    def drawn(self) -> Predictor:
+        """The largest predictor these predictions support."""
+        return Predictor(self.members, self.samples, self.views)
+
+    @property
+    def active(self) -> Predictor:
+        return self.predictor or self.drawn
+
+    def using(self, predictor: Predictor, temperature: dict[str, float] | None = None) -> Predictions:
+        """The same predictions read through another predictor (and its temperature)."""
+        if (predictor.members > self.members or predictor.samples not in (0, self.samples)
+                or predictor.views > self.views):
+            raise ValueError(f"predictor {predictor.key} needs more than these predictions hold ({self.drawn.key})")
+        return replace(self, predictor=predictor, temperature=dict(temperature or {}))
+
+    def predictor_logits(self, task: str, predictor: Predictor | None = None) -> np.ndarray:
+        """(S, N, C): the per-sample logits a predictor averages (S = members x max(samples, 1))."""
+        predictor = predictor or self.active
+        k, a = predictor.members, predictor.views
+        if predictor.samples:
+            z = self.sample_logits[task]
+            z = z.reshape(self.members, self.views, self.samples, *z.shape[1:])[:k, :a]
+            return z.reshape(-1, *z.shape[3:])
+        if k * a > 1:
+            z = self.member_logits[task]
+            z = z.reshape(self.members, self.views, *z.shape[1:])[:k, :a]
+            return z.reshape(-1, *z.shape[2:])
+        return self.logits[task][None]
+
     def deterministic_probs(self, task: str) -> np.ndarray:
         return softmax(self.logits[task], self.temperature.get(task, 1.0))
 
     def sample_probs(self, task: str) -> np.ndarray:
-        return softmax(self.sample_logits[task], self.temperature.get(task, 1.0))
+        """(S, N, C) probabilities of the active predictor's samples, after its temperature."""
+        return softmax(self.predictor_logits(task), self.temperature.get(task, 1.0))
 
     def probs(self, task: str) -> np.ndarray:
-        """The reported probabilities: the mean over MC samples if there are any, else the eval-mode softmax."""
-        if task in self.sample_logits:
-            return self.sample_probs(task).mean(axis=0)
-        return self.deterministic_probs(task)
+        """The reported probabilities: the active predictor's mean predictive distribution."""
+        return self.sample_probs(task).mean(axis=0)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the active predictor averages several samples (so mutual information is defined)."""
+        return self.active.samples > 0 or self.active.members > 1 or self.active.views > 1
 
     def task_rows(self, modality: str | None = None) -> np.ndarray:
         """The rows `for_task` keeps: all, or in zip mode the first row of each image of `modality`."""
@@ -74,6 +159,8 @@ class Predictions:
             {task: self.labels[task][rows]} if task in self.labels else {},
             {task: self.sample_logits[task][:, rows]} if task in self.sample_logits else {},
             {task: self.temperature[task]} if task in self.temperature else {},
+            {task: self.member_logits[task][:, rows]} if task in self.member_logits else {},
+            self.samples, self.predictor, self.views,
         )
 
 
@@ -91,47 +178,129 @@ def model_inputs(batch: dict, modalities: list[str], model: nn.Module, device: t
     return batch[modalities[0]].to(device)
 
 
+def _canonical_chunks(inputs, n: int, rows: int):
+    """`inputs` (a tensor or a dict of tensors with `n` rows) in chunks of exactly `rows` rows, the last
+    padded with copies of its last row; yields (chunk, number of real rows)."""
+    def take(x: torch.Tensor, start: int) -> torch.Tensor:
+        part = x[start:start + rows]
+        if len(part) < rows:
+            part = torch.cat([part, part[-1:].expand(rows - len(part), *part.shape[1:])])
+        return part
+
+    for start in range(0, n, rows):
+        real = min(rows, n - start)
+        if isinstance(inputs, dict):
+            yield {m: take(x, start) for m, x in inputs.items()}, real
+        else:
+            yield take(inputs, start), real
+
+
+@torch.no_grad()
+def predict_batch(models: Sequence[nn.Module], inputs, keys: Sequence[int], tasks: Sequence[str], mc_samples: int = 0,
+                  seed: int = 0, rows: int = CANONICAL_ROWS, tta: TTAConfig | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One batch through every member and TTA view: `({task: (K*A, B, C) eval-mode logits},
+    {task: (K*A*T, B, C) MC samples})`, in canonical chunks, MC masks drawn per (seed, case key,
+    member, view, sample). Member k's view 0 draws the same masks whatever K and A are."""
+    views = tta.views if tta else 1
+    seeds = sample_seeds(len(models) * mc_samples, seed) if mc_samples else []
+    n = len(keys)
+    per_member: list[dict] = [{t: [] for t in tasks} for _ in range(len(models) * views)]
+    per_sample: list[dict] = [{t: [] for t in tasks} for _ in range(len(models) * views)]
+    for v in range(views):
+        view = view_inputs(inputs, keys, v, seed, tta) if v else inputs
+        offset = 0
+        for chunk, real in _canonical_chunks(view, n, rows):
+            chunk_keys = _pad(list(keys[offset:offset + real]), rows)
+            for k, model in enumerate(models):
+                slot = k * views + v
+                state = model.forward_deterministic(chunk)
+                logits = model.forward_stochastic(repeat_state(state, 1))
+                for t in tasks:
+                    per_member[slot][t].append(logits[t][:real].float().cpu().numpy())
+                if mc_samples:
+                    member_seeds = [_view_seed(s, v) for s in seeds[k * mc_samples:(k + 1) * mc_samples]]
+                    drawn = mc_sample_from_state(model, state, mc_samples, seed=member_seeds, cases=chunk_keys)
+                    for t in tasks:
+                        per_sample[slot][t].append(drawn[t][:, :real].float().cpu().numpy())
+            offset += real
+    slots = range(len(models) * views)
+    members = {t: np.stack([np.concatenate(per_member[i][t]) for i in slots]) for t in tasks}
+    samples = {t: np.concatenate([np.concatenate(per_sample[i][t], axis=1) for i in slots])
+               for t in tasks} if mc_samples else {}
+    return members, samples
+
+
+def _view_seed(sample_seed: int, view: int) -> int:
+    """View 0 keeps the sample's seed (so adding views never changes the plain predictors); other
+    views get their own."""
+    if not view:
+        return sample_seed
+    return int.from_bytes(hashlib.sha256(f"view:{sample_seed}:{view}".encode()).digest()[:8], "big") >> 1
+
+
 @torch.no_grad()
 def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, spec: ModelSpec,
-                   device: str | torch.device = "cpu", mc_samples: int = 0, seed: int = 0) -> Predictions:
-    """Run the model(s) over `loader`: eval-mode logits of the first model, and with `mc_samples > 0`
-    T MC-dropout samples from every model (K·T in all; the MC seeds of batch i derive from `seed + i`)."""
+                   device: str | torch.device = "cpu", mc_samples: int = 0, seed: int = 0,
+                   rows: int = CANONICAL_ROWS, tta: TTAConfig | None = None) -> Predictions:
+    """Run the model(s) over `loader`: eval-mode logits of every member and, with `mc_samples` T > 0,
+    T MC-dropout samples of every member, masks drawn per (seed, case id, member, sample)."""
     device = torch.device(device)
     models = [models] if isinstance(models, nn.Module) else list(models)
     models = [model.to(device).eval() for model in models]
     tasks, modalities = list(spec.tasks), list(spec.modalities)
     case_ids, patient_ids = [], []
-    logits: dict[str, list] = {t: [] for t in tasks}
+    members: dict[str, list] = {t: [] for t in tasks}
     samples: dict[str, list] = {t: [] for t in tasks}
     labels: dict[str, list] = {t: [] for t in tasks}
-    for batch_index, batch in enumerate(loader):
+    for batch in loader:
         inputs = model_inputs(batch, modalities, models[0], device)
-        outputs = models[0](inputs)
-        if mc_samples:
-            drawn = ensemble_mc_logits(models, inputs, mc_samples, fast=True, seed=seed * 1_000_003 + batch_index)
-        for task in tasks:
-            logits[task].append(outputs[task].float().cpu().numpy())
+        batch_members, batch_samples = predict_batch(models, inputs, case_keys(batch["case_id"]), tasks, mc_samples,
+                                                     seed, rows, tta)
+        for t in tasks:
+            members[t].append(batch_members[t])
             if mc_samples:
-                samples[task].append(drawn[task].float().cpu().numpy())
-            if task in batch:
-                labels[task].append(batch[task].cpu().numpy())
+                samples[t].append(batch_samples[t])
+            if t in batch:
+                labels[t].append(batch[t].cpu().numpy())
         case_ids.extend(batch["case_id"])
         patient_ids.extend(batch["patient_id"])
     n_classes = {t: len(c) for t, c in spec.tasks.items()}
+    views = tta.views if tta else 1
+    member_logits = {t: np.concatenate(v, axis=1) if v else np.zeros((len(models) * views, 0, n_classes[t]), np.float32)
+                     for t, v in members.items()}
     return Predictions(
-        case_ids, patient_ids,
-        {t: np.concatenate(v) if v else np.zeros((0, n_classes[t]), np.float32) for t, v in logits.items()},
-        {t: np.concatenate(v) for t, v in labels.items() if v and len(v) == len(logits[t])},
+        case_ids, patient_ids, {t: v[0] for t, v in member_logits.items()},
+        {t: np.concatenate(v) for t, v in labels.items() if v and len(v) == len(members[t])},
         {t: np.concatenate(v, axis=1) for t, v in samples.items() if v},
+        member_logits=member_logits if len(models) * views > 1 else {}, samples=mc_samples, views=views,
     )
 
 
+def _pad(keys: list[int], rows: int) -> list[int]:
+    return keys + [keys[-1]] * (rows - len(keys)) if keys else keys
+
+
+def conformal_sets(probs: np.ndarray, stored: dict) -> np.ndarray:
+    """(N, C) booleans: the LAC conformal set of each case under a task's stored calibration."""
+    return prediction_sets(probs, stored["conformal"]["lac"]["qhat"], "lac")
+
+
+def refer_flags(probs: np.ndarray, stored: dict) -> np.ndarray:
+    """Refer a case when its confidence is under the referral threshold, or when its conformal set is
+    empty or holds more than one class: either way the model cannot name one class with the
+    confidence asked for."""
+    low_confidence = probs.max(axis=1) < stored["referral"]["threshold"]
+    return low_confidence | (conformal_sets(probs, stored).sum(axis=1) != 1)
+
+
 def predictions_frame(predictions: Predictions, classes: dict[str, list[str]], split: str | None = None,
-                      referral: dict[str, float] | None = None) -> pd.DataFrame:
+                      calibration: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per case: ids, then per task the true class (if known), the predicted class, one
-    probability column per class (`<task>_prob_<class>`), and with MC samples the uncertainty of the
+    probability column per class (`<task>_prob_<class>`), with several samples the uncertainty of the
     prediction (`<task>_entropy`, `_normalized_entropy`, `_expected_entropy`, `_mutual_information`,
-    `_variation_ratio`, `_std_<class>`) and, given a referral threshold, `<task>_refer`."""
+    `_variation_ratio`, `_std_<class>`) and, given a task's calibration, `<task>_refer` and
+    `<task>_set` (the conformal prediction set, classes joined by "|")."""
     columns: dict[str, object] = {"case_id": predictions.case_ids, "patient_id": predictions.patient_ids}
     if split is not None:
         columns["split"] = split
@@ -143,13 +312,14 @@ def predictions_frame(predictions: Predictions, classes: dict[str, list[str]], s
         columns[f"{task}_pred"] = names[probs.argmax(axis=1)] if len(probs) else []
         for index, name in enumerate(classes[task]):
             columns[f"{task}_prob_{name}"] = probs[:, index]
-        if task in predictions.sample_logits:
+        if predictions.stochastic:
             measures = uncertainty_measures(predictions.sample_probs(task))
             for key in ("predictive_entropy", "normalized_entropy", "expected_entropy", "mutual_information",
                         "variation_ratio"):
                 columns[f"{task}_{key.replace('predictive_', '')}"] = measures[key]
             for index, name in enumerate(classes[task]):
                 columns[f"{task}_std_{name}"] = measures["std"][:, index]
-        if referral and task in referral:
-            columns[f"{task}_refer"] = probs.max(axis=1) < referral[task]
+        if calibration and task in calibration:
+            columns[f"{task}_refer"] = refer_flags(probs, calibration[task])
+            columns[f"{task}_set"] = ["|".join(names[row]) for row in conformal_sets(probs, calibration[task])]
     return pd.DataFrame(columns)

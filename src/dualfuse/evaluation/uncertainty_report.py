@@ -1,39 +1,59 @@
 """Turn MC-dropout / ensemble predictions into what a clinician can act on.
 
-Per task: a temperature fitted on the validation split; calibration (ECE, adaptive ECE, NLL, Brier)
-with and without MC averaging and with and without the temperature; selective prediction
-(risk–coverage, AURC, accuracy at 80/90/95% coverage); a referral threshold chosen on validation
-data for a target accuracy or coverage; split-conformal prediction sets (LAC and APS) calibrated on
-validation and checked on test; summaries of entropy and mutual information for correct vs wrong
-cases; and, given another dataset, how well entropy and mutual information flag it as foreign.
-The temperature, referral threshold and conformal thresholds are returned separately so they can be
-stored with the model and applied by `predict`.
+Calibration belongs to a predictor (`Predictor`: K members x T MC samples, or the eval-mode
+softmax): each one gets its own temperature, fitted to minimise the NLL of its own mean predictive
+distribution from its per-sample logits, and its own referral and conformal thresholds, all on the
+calibration split (`cal`; `val` when there is none, which the report and metrics.json then say).
+
+Per task, `task_report` gives: calibration (ECE, adaptive ECE, NLL, Brier) of the softmax and of
+the predictor, before and after their temperatures; selective prediction (risk-coverage, AURC,
+accuracy at 80/90/95% coverage); the referral decision (confidence under the threshold, or a
+conformal set that is empty or holds several classes); split-conformal sets (LAC and APS) checked
+on test with a binomial CI and per-class coverage; entropy and mutual information of correct vs
+wrong cases; a comparison of every predictor the predictions support; and, given another dataset,
+how well entropy and mutual information flag it as foreign.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from dualfuse.evaluation.predictions import Predictions, softmax
+from dualfuse.evaluation.predictions import Predictions, Predictor, refer_flags, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.ood import ood_report
-from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold, refer
+from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold
 
 CONFORMAL_SCORES = ("lac", "aps")
 
 
-def _calibration(predictions: Predictions, task: str, temperature: float, n_bins: int) -> dict:
-    y = predictions.labels[task]
-    report = {
-        "deterministic": calibration_report(softmax(predictions.logits[task]), y, n_bins),
-        "deterministic_temperature": calibration_report(softmax(predictions.logits[task], temperature), y, n_bins),
+def predictors_of(predictions: Predictions) -> list[Predictor]:
+    """Every predictor these predictions support: the softmax, MC of the first member, the ensemble,
+    test-time augmentation, and their combinations (each source alone and every mix drawn)."""
+    drawn = predictions.drawn
+    return [Predictor(k, t, a) for k in dict.fromkeys((1, drawn.members)) for a in dict.fromkeys((1, drawn.views))
+            for t in dict.fromkeys((0, drawn.samples))]
+
+
+def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy: float | None = None,
+              target_coverage: float | None = None, alpha: float = 0.1) -> dict:
+    """What `predict` needs for one task and predictor, all chosen on the calibration split: the
+    predictor's temperature, a referral threshold on its calibrated top-class probability, and
+    conformal thresholds."""
+    y = cal.labels[task]
+    temperature = fit_temperature(cal.predictor_logits(task, predictor), y)
+    probs = cal.using(predictor, {task: temperature}).probs(task)
+    if target_accuracy is None and target_coverage is None:
+        target_coverage = 0.9
+    referral = choose_referral_threshold(probs.max(axis=1), probs.argmax(axis=1) == y,
+                                         target_accuracy=target_accuracy, target_coverage=target_coverage)
+    return {
+        "predictor": predictor.key,
+        "temperature": temperature,
+        "referral": {**referral, "confidence": "max_prob"},
+        "conformal": {score: {"alpha": alpha, "qhat": conformal_threshold(probs, y, alpha, score)}
+                      for score in CONFORMAL_SCORES},
     }
-    if task in predictions.sample_logits:
-        samples = predictions.sample_logits[task]
-        report["mc"] = calibration_report(softmax(samples).mean(axis=0), y, n_bins)
-        report["mc_temperature"] = calibration_report(softmax(samples, temperature).mean(axis=0), y, n_bins)
-    return report
 
 
 def _selective(probs: np.ndarray, y: np.ndarray) -> dict:
@@ -56,58 +76,101 @@ def _measure_summary(predictions: Predictions, task: str) -> dict:
     return summary
 
 
-def calibrate(val: Predictions, task: str, target_accuracy: float | None, target_coverage: float | None,
-              alpha: float) -> dict:
-    """What `predict` needs for this task, all chosen on validation data: temperature, referral
-    threshold on the (calibrated, MC-averaged) top-class probability, conformal thresholds."""
-    temperature = fit_temperature(val.logits[task], val.labels[task])
-    scaled = Predictions(val.case_ids, val.patient_ids, val.logits, val.labels, val.sample_logits, {task: temperature})
-    probs, y = scaled.probs(task), val.labels[task]
-    referral = choose_referral_threshold(probs.max(axis=1), probs.argmax(axis=1) == y,
-                                         target_accuracy=target_accuracy, target_coverage=target_coverage)
+def _calibration(predictions: Predictions, task: str, softmax_temperature: float, stored: dict,
+                 n_bins: int) -> dict:
+    """The softmax and the used predictor, each before and after its own temperature."""
+    y = predictions.labels[task]
+    predictor = Predictor.from_key(stored["predictor"])
     return {
-        "temperature": temperature,
-        "referral": {**referral, "confidence": "max_prob"},
-        "conformal": {score: {"alpha": alpha, "qhat": conformal_threshold(probs, y, alpha, score)}
-                      for score in CONFORMAL_SCORES},
+        "softmax": calibration_report(softmax(predictions.logits[task]), y, n_bins),
+        "softmax_temperature": calibration_report(softmax(predictions.logits[task], softmax_temperature), y, n_bins),
+        "predictor": calibration_report(predictions.using(predictor).probs(task), y, n_bins),
+        "predictor_temperature": calibration_report(
+            predictions.using(predictor, {task: stored["temperature"]}).probs(task), y, n_bins),
     }
 
 
-def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: float, n_bins: int = 15,
-                ood: Predictions | None = None) -> dict:
-    """The uncertainty section of `metrics.json` for one task, given the calibration `stored`."""
-    temperature = stored["temperature"]
-    report: dict = {"temperature": temperature, "calibration": {}, "selective": {}, "measures": {}}
+def _referral(probs: np.ndarray, y: np.ndarray, stored: dict) -> dict:
+    referred = refer_flags(probs, stored)
+    low = probs.max(axis=1) < stored["referral"]["threshold"]
+    accepted = ~referred
+    return {
+        "coverage": float(accepted.mean()),
+        "referred_low_confidence": float(low.mean()),
+        "referred_conformal_set": float((referred & ~low).mean()),
+        "accuracy_of_accepted": float((probs.argmax(axis=1) == y)[accepted].mean()) if accepted.any() else None,
+    }
+
+
+def compare_predictors(splits: dict[str, Predictions], task: str, calibrations: dict[str, dict],
+                       n_bins: int = 15) -> dict:
+    """Per predictor, on each labelled split after its own calibration: ECE, NLL, AURC, accuracy,
+    accuracy at 90% coverage, and how well its uncertainty tells wrong from right (AUROC)."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict = {}
+    for key, stored in calibrations.items():
+        predictor = Predictor.from_key(key)
+        out[key] = {"label": predictor.label, "temperature": stored["temperature"]}
+        for split, predictions in splits.items():
+            if task not in predictions.labels:
+                continue
+            view = predictions.using(predictor, {task: stored["temperature"]})
+            probs, y = view.probs(task), predictions.labels[task]
+            correct = probs.argmax(axis=1) == y
+            entropy = uncertainty_measures(view.sample_probs(task))["predictive_entropy"]
+            report = calibration_report(probs, y, n_bins)
+            out[key][split] = {
+                "ece": report["ece"], "nll": report["nll"], "accuracy": float(correct.mean()),
+                "aurc": aurc(probs.max(axis=1), correct),
+                "accuracy_at_90": accuracy_at_coverage(probs.max(axis=1), correct).get("0.9"),
+                "error_auroc_entropy": float(roc_auc_score(~correct, entropy)) if 0 < correct.sum() < len(correct)
+                else None,
+            }
+    return out
+
+
+def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: float, cal_split: str = "val",
+                softmax_temperature: float = 1.0, n_bins: int = 15, ood: Predictions | None = None) -> dict:
+    """The uncertainty section of `metrics.json` for one task, given the calibration `stored` of the
+    predictor in use (fitted on `cal_split`)."""
+    predictor = Predictor.from_key(stored["predictor"])
+    report: dict = {"predictor": stored["predictor"], "predictor_label": predictor.label,
+                    "temperature": stored["temperature"], "calibration_split": cal_split, "calibration": {},
+                    "selective": {}, "measures": {}, "referral": {"threshold": stored["referral"]["threshold"],
+                    **{k: stored["referral"][k] for k in ("target_accuracy", "target_coverage", "reachable")}},
+                    "warnings": []}
     for split, predictions in splits.items():
         if task not in predictions.labels:
             continue
-        scaled = Predictions(predictions.case_ids, predictions.patient_ids, predictions.logits, predictions.labels,
-                             predictions.sample_logits, {task: temperature})
-        report["calibration"][split] = _calibration(predictions, task, temperature, n_bins)
-        report["selective"][split] = _selective(scaled.probs(task), predictions.labels[task])
-        if task in predictions.sample_logits:
-            report["measures"][split] = _measure_summary(scaled, task)
-        probs = scaled.probs(task)
-        referred = refer(probs.max(axis=1), stored["referral"]["threshold"])
-        accepted = ~referred
-        report.setdefault("referral", {"threshold": stored["referral"]["threshold"],
-                                       "target_accuracy": stored["referral"]["target_accuracy"],
-                                       "target_coverage": stored["referral"]["target_coverage"],
-                                       "reachable": stored["referral"]["reachable"]})[split] = {
-            "coverage": float(accepted.mean()),
-            "accuracy_of_accepted": float((probs.argmax(axis=1) == predictions.labels[task])[accepted].mean())
-            if accepted.any() else None,
-        }
-    if "val" in splits and "test" in splits and task in splits["test"].labels:
-        val, test = (Predictions(p.case_ids, p.patient_ids, p.logits, p.labels, p.sample_logits, {task: temperature})
-                     for p in (splits["val"], splits["test"]))
+        view = predictions.using(predictor, {task: stored["temperature"]})
+        probs, y = view.probs(task), predictions.labels[task]
+        report["calibration"][split] = _calibration(predictions, task, softmax_temperature, stored, n_bins)
+        report["selective"][split] = _selective(probs, y)
+        report["measures"][split] = _measure_summary(view, task)
+        report["referral"][split] = _referral(probs, y, stored)
+    test = "test" if "test" in splits and task in splits["test"].labels else None
+    if cal_split in splits and test:
+        cal, checked = (p.using(predictor, {task: stored["temperature"]}) for p in (splits[cal_split], splits[test]))
         report["conformal"] = {
-            score: conformal_report(val.probs(task), val.labels[task], test.probs(task), test.labels[task],
+            score: conformal_report(cal.probs(task), cal.labels[task], checked.probs(task), checked.labels[task],
                                     alpha=alpha, score=score)
             for score in CONFORMAL_SCORES
         }
-    if ood is not None and "test" in splits and task in splits["test"].sample_logits:
-        test = splits["test"]
-        report["ood"] = ood_report(uncertainty_measures(softmax(test.sample_logits[task], temperature)),
-                                   uncertainty_measures(softmax(ood.sample_logits[task], temperature)))
+        lac = report["conformal"]["lac"]
+        if lac["below_target"]:
+            report["warnings"].append(
+                f"conformal coverage on test {lac['coverage']:.3f} [{lac['coverage_ci_low']:.3f}, "
+                f"{lac['coverage_ci_high']:.3f}] is below its {lac['target_coverage']:.2f} target: the "
+                f"{cal_split} and test data differ, so the sets and refer flags are less reliable than promised")
+        for entry in lac["class_coverage"]:
+            if entry["below_target"] and not lac["below_target"]:
+                report["warnings"].append(
+                    f"conformal coverage of class {entry['class']} on test is {entry['coverage']:.3f} "
+                    f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}] (n = {entry['n']}), below its target")
+    if ood is not None and test and splits[test].stochastic:
+        inside = splits[test].using(predictor, {task: stored["temperature"]})
+        outside = ood.using(predictor, {task: stored["temperature"]})
+        report["ood"] = ood_report(uncertainty_measures(inside.sample_probs(task)),
+                                   uncertainty_measures(outside.sample_probs(task)))
     return report

@@ -8,8 +8,15 @@ Reading top to bottom (see `docs/models.md`; [paper] stated, [ours] our choice):
 2. Per scale (`DualCrossAttentionFusion`): 1x1 projection of both maps to `embed_dim`,
    bidirectional cross-attention, concatenation + 1x1 fusion, enhanced-CBAM refinement [ours].
 3. Multi-scale merge: average + max pooling of each scale, concatenated [ours].
-4. Head: Dropout → Linear(256) → ReLU → Dropout → Linear(classes) [ours]. All dropout sits here,
-   so MC-dropout can reuse `forward_deterministic` and sample only `forward_stochastic`.
+4. Head: Dropout → Linear(256) → ReLU → Dropout → Linear(classes) [ours]. By default all dropout
+   sits here (the paper's MC dropout is in the head), so MC dropout runs the fused descriptor once
+   (`forward_deterministic`) and samples only the head (`forward_stochastic`).
+5. Fusion dropout (`fusion_drop_rate > 0`) [ours]: the paper puts MC dropout in the head; this
+   variant samples the fusion too. Element-wise dropout on every scale's refined fusion map (after
+   the enhanced CBAM), so MC samples vary the fused representation, not only the head. The
+   deterministic part is then the two trunks' tap maps, and the stochastic part runs the fusions,
+   their dropout, the merge and the head (costlier per sample). At 0 (default) no module is added:
+   the state dict and the split are those of the head-only model.
 
 Small inputs: images whose shorter side is below `min_input_size` (default 32) are bilinearly
 upsampled first, so the stride-16 maps are at least 2x2. When an odd input size gives the two
@@ -75,6 +82,9 @@ class DCAT(SingleHeadModel):
         merge: `"pool"` (avg+max pool each scale, concatenate) or `"maps"` (pool shallower maps down
             to the deepest scale, concatenate channels, 1x1 conv, avg+max pool).
         head_hidden, drop_rate: head width and dropout probability (MC dropout uses these).
+        fusion_drop_rate: dropout probability on each scale's refined fusion map [ours], in [0, 1);
+            0 (default) keeps all dropout in the head as in the paper, > 0 makes MC dropout sample
+            the fusion too (see 5. above).
         min_input_size: shorter sides below this are upsampled first.
     """
 
@@ -102,8 +112,11 @@ class DCAT(SingleHeadModel):
         head_hidden: int = 256,
         drop_rate: float = 0.3,
         min_input_size: int = 32,
+        fusion_drop_rate: float = 0.0,
     ):
         super().__init__()
+        if isinstance(fusion_drop_rate, bool) or not 0 <= fusion_drop_rate < 1:
+            raise ValueError(f"fusion_drop_rate is a dropout probability and must be in [0, 1), got {fusion_drop_rate}")
         if len(eff_taps) != len(res_taps) or not eff_taps:
             raise ValueError(f"eff_taps {list(eff_taps)} and res_taps {list(res_taps)} must pair up one-to-one")
         if merge not in MERGE_MODES:
@@ -132,19 +145,47 @@ class DCAT(SingleHeadModel):
             DualCrossAttentionFusion(e, r, embed_dim, num_heads, direction, pool, mlp_ratio, refine)
             for e, r, pool in zip(self.eff.channels, self.res.channels, kv_pools)
         )
+        # Only with fusion dropout: a model without it keeps exactly the head-only module tree and state dict.
+        self.fusion_drop_rate = float(fusion_drop_rate)
+        if self.fusion_drop_rate > 0:
+            self.fusion_drops = nn.ModuleList(nn.Dropout(self.fusion_drop_rate) for _ in self.fusions)
         self.merge_conv = ConvNormAct(embed_dim * len(self.fusions), embed_dim, 1) if merge == "maps" else None
         self.num_features = 2 * embed_dim * (len(self.fusions) if merge == "pool" else 1)
         self.head = ClassifierHead(self.num_features, self.num_classes, head_hidden, drop_rate)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused descriptor (B, num_features): deterministic, everything before the head."""
+    def trunk_taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The two trunks' tap maps `(eff maps, res maps)`, one per scale: everything before any dropout."""
         x = upsample_to_min_size(check_image(x, self.in_chans), self.min_input_size)
-        fused = [fusion(e, r) for fusion, e, r in zip(self.fusions, self.eff(x), self.res(x))]
+        return list(self.eff(x)), list(self.res(x))
+
+    def fuse_taps(self, taps: tuple[list[torch.Tensor], list[torch.Tensor]]) -> torch.Tensor:
+        """Fuse every scale (then fusion dropout, when on) and merge: the fused descriptor (B, num_features)."""
+        eff_maps, res_maps = taps
+        fused = [fusion(e, r) for fusion, e, r in zip(self.fusions, eff_maps, res_maps)]
+        if self.fusion_drop_rate > 0:
+            fused = [drop(f) for drop, f in zip(self.fusion_drops, fused)]
         if self.merge == "pool":
             return torch.cat([global_avg_max(f) for f in fused], dim=1)
         size = fused[-1].shape[-2:]
         maps = [F.adaptive_avg_pool2d(f, size) if f.shape[-2:] != size else f for f in fused]
         return global_avg_max(self.merge_conv(torch.cat(maps, dim=1)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused descriptor (B, num_features): everything before the head (deterministic unless
+        `fusion_drop_rate > 0`, whose dropout acts in training and MC sampling only)."""
+        return self.fuse_taps(self.trunk_taps(x))
+
+    def forward_deterministic(self, x: torch.Tensor):
+        """Everything before the first dropout: the fused descriptor, or with fusion dropout the trunk taps."""
+        if self.fusion_drop_rate > 0:
+            return self.trunk_taps(x)
+        return self.forward_features(x)
+
+    def forward_stochastic(self, state) -> dict[str, torch.Tensor]:
+        """The rest: the head, or with fusion dropout the fusions, their dropout, the merge and the head."""
+        if self.fusion_drop_rate > 0:
+            return self.forward_head(self.fuse_taps(state))
+        return self.forward_head(state)
 
     def cam_target_layers(self) -> dict[str, list[nn.Module]]:
         """The enhanced-CBAM output of every fusion scale, averaged: the fused maps the head pools."""

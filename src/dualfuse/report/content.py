@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from dualfuse.data.datamodule import ClassificationDataModule
 from dualfuse.data.paths import display_path
 from dualfuse.evaluation.metrics import METRICS
-from dualfuse.evaluation.predictions import Predictions, model_inputs
+from dualfuse.evaluation.predictions import Predictions, Predictor, model_inputs
 from dualfuse.evaluation.summary import has_patient_ids, task_metrics
 from dualfuse.evaluation.uncertainty_report import task_report
 from dualfuse.explain.embeddings import embed_loader, tsne_map
@@ -50,6 +50,8 @@ class TaskSection:
     calibration_rows: list[dict]
     referral: dict
     conformal: dict | None
+    cal_split: str = "val"
+    warnings: list[str] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
     uncertain: list[GalleryCase] = field(default_factory=list)
     confidently_wrong: list[GalleryCase] = field(default_factory=list)
@@ -84,8 +86,9 @@ def _metric_rows(metrics_by_split: dict[str, dict]) -> list[dict]:
 
 
 def _calibration_rows(report: dict) -> list[dict]:
-    labels = {"deterministic": "softmax", "deterministic_temperature": "softmax + temperature",
-              "mc": "MC mean", "mc_temperature": "MC mean + temperature"}
+    labels = {"softmax": "softmax", "softmax_temperature": "softmax + its temperature",
+              "predictor": f"{report['predictor_label']}", "predictor_temperature": f"{report['predictor_label']} + "
+              "its temperature"}
     rows = []
     for split, variants in report["calibration"].items():
         for key, label in labels.items():
@@ -165,35 +168,34 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def _task_section(task: str, spec: ModelSpec, model, members, data: ClassificationDataModule, raw: dict[str, Predictions],
-                  stored: dict, config, split: str, gallery_size: int, cam_method: str, redact: bool,
-                  max_tsne_points: int, device: str, alpha: float) -> TaskSection:
+def _task_section(task: str, spec: ModelSpec, model, data: ClassificationDataModule, raw: dict[str, Predictions],
+                  stored: dict, config, split: str, cal_split: str, softmax_temperature: float, gallery_size: int,
+                  cam_method: str, redact: bool, max_tsne_points: int, device: str, alpha: float) -> TaskSection:
     modality = spec.modality_of(task)
     views = {s: p.for_task(task, modality) for s, p in raw.items()}
     names = spec.tasks[task]
     metrics = {s: task_metrics(v, task, names, has_patient_ids(data.datasets[s]), config.eval, config.train.seed)
                for s, v in views.items()}
-    report = task_report(views, task, stored, alpha)
-    view = views[split]
-    view.temperature = {task: stored["temperature"]}
+    report = task_report(views, task, stored, alpha, cal_split, softmax_temperature)
+    predictor = Predictor.from_key(stored["predictor"])
+    view = views[split].using(predictor, {task: stored["temperature"]})
     probs, y = view.probs(task), view.labels[task]
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
-    sampled = task in view.sample_logits
-    measures = uncertainty_measures(view.sample_probs(task) if sampled else probs[None])
+    sampled = view.stochastic
+    measures = uncertainty_measures(view.sample_probs(task))
     entropy = measures["predictive_entropy"]
 
     section = TaskSection(
         name=task, classes=names, split=split, metric_rows=_metric_rows(metrics),
         calibration_rows=_calibration_rows(report), referral=report["referral"],
-        conformal=report.get("conformal"),
+        conformal=report.get("conformal"), cal_split=cal_split, warnings=report["warnings"],
     )
     section.figures["roc_pr"] = figures.roc_pr_curves(y, probs, names)
     section.figures["confusion_matrix"] = figures.confusion_matrix_plot(metrics[split]["confusion_matrix"], names)
     calibration = report["calibration"][split]
-    after_key = "mc_temperature" if sampled else "deterministic_temperature"
-    after_title = f"after: {'MC mean + ' if sampled else ''}temperature T = {stored['temperature']:.2f}"
-    section.figures["reliability"] = figures.reliability_diagram(calibration["deterministic"], calibration[after_key],
-                                                                 after_title)
+    after_title = f"after: {predictor.label} + its temperature T = {stored['temperature']:.2f}"
+    section.figures["reliability"] = figures.reliability_diagram(calibration["softmax"],
+                                                                 calibration["predictor_temperature"], after_title)
     threshold = stored["referral"]["threshold"]
     section.figures["risk_coverage"] = figures.risk_coverage_plot(
         risk_coverage_curve(confidence, correct), threshold if np.isfinite(threshold) else None,
@@ -224,17 +226,18 @@ def _task_section(task: str, spec: ModelSpec, model, members, data: Classificati
 
 def build_report(*, spec: ModelSpec, model, members: list, config, data: ClassificationDataModule,
                  raw: dict[str, Predictions], stored: dict, calibration_source: str, notes: list[str], trained: dict,
-                 samples: int, gallery_size: int = 6, cam_method: str = "gradcam", redact: bool = False,
+                 predictor: Predictor, cal_split: str, softmax_temperature: dict[str, float], gallery_size: int = 6, cam_method: str = "gradcam", redact: bool = False,
                  max_tsne_points: int = 1500, device: str = "cpu", alpha: float = 0.1) -> ReportContent:
     """Every table, figure and gallery case of the report, from a loaded run and its predictions.
 
-    `raw` holds the val (and test) predictions of `members` with `samples` MC samples; `stored` the
-    calibration per task (temperature, referral, conformal) that the report shows and applies.
+    `raw` holds the val, calibration (and test) predictions of `members` with `predictor`'s MC samples;
+    `stored` that predictor's calibration per task (temperature, referral, conformal), fitted on
+    `cal_split`, which the report shows and applies.
     """
     split = "test" if "test" in raw else "val"
     sections = [
-        _task_section(task, spec, model, members, data, raw, stored[task], config, split, gallery_size, cam_method,
-                      redact, max_tsne_points, device, alpha)
+        _task_section(task, spec, model, data, raw, stored[task], config, split, cal_split, softmax_temperature[task],
+                      gallery_size, cam_method, redact, max_tsne_points, device, alpha)
         for task in spec.tasks
     ]
     params = sum(p.numel() for p in model.parameters())
@@ -248,8 +251,8 @@ def build_report(*, spec: ModelSpec, model, members: list, config, data: Classif
                            for name, source in config.data.sources.items())),
         ("training", f"{trained.get('epochs_trained', '?')} epochs, {trained.get('train_seconds', '?')} s on "
                      f"{trained.get('device', '?')}, seed {config.train.seed}"),
-        ("uncertainty", f"{samples} MC-dropout samples x {len(members)} model(s)" if samples
-         else "none (deterministic softmax)"),
+        ("uncertainty", predictor.label if predictor.samples or predictor.members > 1
+         else "softmax only (no MC dropout, one model)"),
     ]
     return ReportContent(
         title=f"{spec.name} — {', '.join(spec.tasks)}",

@@ -23,10 +23,6 @@ from dualfuse.training.checkpoints import AtomicCheckpointIO, load_weights_only
 from dualfuse.training.task import ClassificationTask
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_precision(precision: str) -> str:
     """`auto`: bf16 (or fp16) mixed precision on a GPU that has it, full precision on the CPU."""
     if precision != "auto":

@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from dualfuse.validation import check_labels, check_probs, to_numpy
 
@@ -104,6 +105,14 @@ def prediction_sets(probs: Any, qhat: float, score: str = "lac", randomized: boo
     return sets
 
 
+def binomial_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) confidence interval of a proportion."""
+    if n == 0:
+        return float("nan"), float("nan")
+    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
+
+
 def conformal_report(cal_probs: Any, cal_y: Any, test_probs: Any, test_y: Any,
                      alpha: float = 0.1, score: str = "lac", randomized: bool = False,
                      seed: int = 0, allow_empty: bool = True) -> dict[str, Any]:
@@ -113,7 +122,9 @@ def conformal_report(cal_probs: Any, cal_y: Any, test_probs: Any, test_y: Any,
     ``alpha``, ``target_coverage`` (1 - alpha), ``score``, ``randomized``, ``coverage`` (fraction
     of test sets holding the true class), ``mean_set_size``, ``empty_fraction``,
     ``singleton_fraction``, ``set_size_counts`` (how many sets have 0..C classes), ``n_cal`` and
-    ``n_test``. With ``randomized`` the calibration and test draws use independent streams
+    ``n_test``, the coverage's exact binomial 95% CI (``coverage_ci_low``/``_high``), ``below_target``
+    (the whole CI under 1 - alpha: calibration and test data differ) and ``class_coverage`` (the
+    same per true class, where imbalance hides under-coverage of the rare class). With ``randomized`` the calibration and test draws use independent streams
     spawned from ``seed``.
     """
     cal_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
@@ -122,13 +133,28 @@ def conformal_report(cal_probs: Any, cal_y: Any, test_probs: Any, test_y: Any,
     labels = check_labels(test_y, *p.shape)
     sets = prediction_sets(p, qhat, score, randomized, test_seed, allow_empty)
     sizes = sets.sum(axis=1)
+    covered = sets[np.arange(len(labels)), labels]
+    low, high = binomial_ci(int(covered.sum()), len(covered))
+    per_class = []
+    for c in range(p.shape[1]):
+        members = labels == c
+        if members.any():
+            c_low, c_high = binomial_ci(int(covered[members].sum()), int(members.sum()))
+            per_class.append({"class": c, "n": int(members.sum()), "coverage": float(covered[members].mean()),
+                              "ci_low": c_low, "ci_high": c_high, "below_target": c_high < 1 - alpha})
     return {
         "qhat": qhat,
         "alpha": float(alpha),
         "target_coverage": 1 - float(alpha),
         "score": score,
         "randomized": bool(randomized),
-        "coverage": float(sets[np.arange(len(labels)), labels].mean()),
+        "coverage": float(covered.mean()),
+        "coverage_ci_low": low,
+        "coverage_ci_high": high,
+        # Coverage is guaranteed only when calibration and test cases are exchangeable; a 95% CI
+        # entirely below the target says they are not (another site, scanner or population).
+        "below_target": high < 1 - float(alpha),
+        "class_coverage": per_class,
         "mean_set_size": float(sizes.mean()),
         "empty_fraction": float((sizes == 0).mean()),
         "singleton_fraction": float((sizes == 1).mean()),

@@ -14,16 +14,17 @@ from dualfuse.uncertainty.mc_dropout import _concat, mc_logits, sample_seeds, so
 
 
 def ensemble_mc_logits(models: Sequence[nn.Module], inputs, samples: int = 30, fast: bool = True,
-                       seed: int | None = 0, chunk: int | None = None):
+                       seed: int | None = 0, chunk: int | None = None, cases: Sequence[int] | None = None):
     """Logits (K*T, B, C) (a dict task -> (K*T, B, C) for multitask models), member k in rows k*T..(k+1)*T-1.
 
-    Every member gets its own T per-sample seeds, all derived from `seed` (None: from torch's RNG).
+    Every member gets its own T per-sample seeds, all derived from `seed` (None: from torch's RNG);
+    with `cases` (one key per row), masks also depend on the case, never on the batch.
     """
     models = list(models)
     if not models:
         raise ValueError("an ensemble needs at least one model")
     seeds = sample_seeds(len(models) * samples, seed)
-    return _concat([mc_logits(model, inputs, samples, fast, seeds[k * samples:(k + 1) * samples], chunk)
+    return _concat([mc_logits(model, inputs, samples, fast, seeds[k * samples:(k + 1) * samples], chunk, cases)
                     for k, model in enumerate(models)])
 
 

@@ -32,6 +32,7 @@ so running statistics are never updated, and all modes are restored afterwards.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -85,13 +86,32 @@ def sample_seeds(samples: int, seed: Seeds = 0) -> list[int]:
     return torch.randint(_SEED_RANGE, (samples,), generator=generator).tolist()
 
 
-class _SampleStreams:
-    """Per-sample generators (created lazily per device) and the samples the current call covers."""
+def case_keys(case_ids: Sequence[str]) -> list[int]:
+    """A stable 63-bit key per case id (SHA-256): what a case's dropout masks are drawn from."""
+    return [int.from_bytes(hashlib.sha256(str(case_id).encode("utf-8")).digest()[:8], "big") >> 1
+            for case_id in case_ids]
 
-    def __init__(self, seeds: Sequence[int]):
+
+def _mix(sample_seed: int, case_key: int) -> int:
+    """The seed of one (sample, case) mask stream: a hash of both, so streams never overlap."""
+    digest = hashlib.sha256(f"{sample_seed}:{case_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class _SampleStreams:
+    """Mask generators and the samples the current call covers.
+
+    Without `cases`, one generator per sample serves every row of that sample (masks depend on the
+    batch). With `cases` (one key per row of the batch), every (sample, case) pair owns a CPU
+    generator, so a case's masks depend only on (seed, case, sample) and are the same bit for bit
+    whatever batch, order, neighbours or device it is predicted with.
+    """
+
+    def __init__(self, seeds: Sequence[int], cases: Sequence[int] | None = None):
         self.seeds = list(seeds)
+        self.cases = None if cases is None else list(cases)
         self.active = range(0)
-        self._generators: dict[tuple[torch.device, int], torch.Generator] = {}
+        self._generators: dict[tuple, torch.Generator] = {}
 
     def generators(self, device: torch.device) -> list[torch.Generator]:
         found = []
@@ -102,6 +122,19 @@ class _SampleStreams:
             found.append(self._generators[key])
         return found
 
+    def case_generators(self) -> list[list[torch.Generator]]:
+        """Per active sample, one CPU generator per case, created on first use and then continued."""
+        found = []
+        for t in self.active:
+            row = []
+            for b, case in enumerate(self.cases):
+                key = (t, b)
+                if key not in self._generators:
+                    self._generators[key] = torch.Generator().manual_seed(_mix(self.seeds[t], case))
+                row.append(self._generators[key])
+            found.append(row)
+        return found
+
 
 def _sampled_dropout(module: _DropoutNd, x: torch.Tensor, streams: _SampleStreams) -> torch.Tensor:
     """`module`'s dropout on rows from `len(streams.active)` samples, each masked from its own generator."""
@@ -110,17 +143,26 @@ def _sampled_dropout(module: _DropoutNd, x: torch.Tensor, streams: _SampleStream
         return x
     if p == 1.0:
         return x * torch.zeros((), dtype=x.dtype, device=x.device)
-    generators = streams.generators(x.device)
-    if x.dim() == 0 or x.shape[0] % len(generators):
+    samples = len(streams.active)
+    if x.dim() == 0 or x.shape[0] % samples:
         raise ValueError(f"{type(module).__name__}: input shape {tuple(x.shape)} does not hold "
-                         f"{len(generators)} samples along its first (batch) dimension")
-    rows = x.shape[0] // len(generators)
+                         f"{samples} samples along its first (batch) dimension")
+    rows = x.shape[0] // samples
     if isinstance(module, _FEATURE_DROPOUT) and x.dim() > 2:
         mask_shape = (rows, x.shape[1]) + (1,) * (x.dim() - 2)
     else:
         mask_shape = (rows, *x.shape[1:])
-    masks = [torch.empty(mask_shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p, generator=g)
-             for g in generators]
+    if streams.cases is None:
+        masks = [torch.empty(mask_shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p, generator=g)
+                 for g in streams.generators(x.device)]
+    else:
+        if rows != len(streams.cases):
+            raise ValueError(f"{type(module).__name__}: {rows} rows per sample but {len(streams.cases)} case keys")
+        # One row per (sample, case), drawn on the CPU so the masks do not depend on the device.
+        row_shape = (1, *mask_shape[1:])
+        masks = [torch.cat([torch.empty(row_shape, dtype=torch.float32).bernoulli_(1 - p, generator=g)
+                            for g in per_case]).to(device=x.device, dtype=x.dtype)
+                 for per_case in streams.case_generators()]
     noise = masks[0] if len(masks) == 1 else torch.cat(masks)
     # The same operations, in the same order, as torch's `_dropout_impl`, so one sample's output
     # equals torch's dropout under a global seed equal to that sample's seed.
@@ -195,9 +237,12 @@ def _concat(parts: list, dim: int = 0):
 
 
 @torch.no_grad()
-def mc_sample_naive(model: nn.Module, inputs, samples: int = 30, seed: Seeds = 0):
-    """T = `samples` full forward passes with dropout sampling: logits (T, B, C), or a dict of them."""
-    streams = _SampleStreams(sample_seeds(samples, seed))
+def mc_sample_naive(model: nn.Module, inputs, samples: int = 30, seed: Seeds = 0, cases: Sequence[int] | None = None):
+    """T = `samples` full forward passes with dropout sampling: logits (T, B, C), or a dict of them.
+
+    `cases`: one key per row (`case_keys(case_ids)`) for masks that depend on the case, not the batch.
+    """
+    streams = _SampleStreams(sample_seeds(samples, seed), cases)
     outputs = []
     with enable_mc_dropout(model), _seeded_dropout(model, streams):
         for t in range(samples):
@@ -207,18 +252,28 @@ def mc_sample_naive(model: nn.Module, inputs, samples: int = 30, seed: Seeds = 0
 
 
 @torch.no_grad()
-def mc_sample_fast(model: nn.Module, inputs, samples: int = 30, chunk: int | None = None, seed: Seeds = 0):
+def mc_sample_fast(model: nn.Module, inputs, samples: int = 30, chunk: int | None = None, seed: Seeds = 0,
+                   cases: Sequence[int] | None = None):
     """The same samples as `mc_sample_naive`, with the deterministic prefix run once.
 
     `chunk` caps how many samples share one batched `forward_stochastic` call (default: as many as
     keep the repeated state under `AUTO_CHUNK_ELEMENTS`); any value gives the same samples.
     """
+    with enable_mc_dropout(model):
+        state = model.forward_deterministic(inputs)
+    return mc_sample_from_state(model, state, samples, chunk, seed, cases)
+
+
+@torch.no_grad()
+def mc_sample_from_state(model: nn.Module, state, samples: int = 30, chunk: int | None = None, seed: Seeds = 0,
+                         cases: Sequence[int] | None = None):
+    """MC samples of the stochastic part from a state `forward_deterministic` already computed
+    (callers that also need the eval-mode logits run the prefix once for both)."""
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
-    streams = _SampleStreams(sample_seeds(samples, seed))
+    streams = _SampleStreams(sample_seeds(samples, seed), cases)
     outputs = []
     with enable_mc_dropout(model), _seeded_dropout(model, streams):
-        state = model.forward_deterministic(inputs)
         step = min(chunk or auto_chunk(state, samples), samples)
         for start in range(0, samples, step):
             count = min(step, samples - start)
@@ -229,11 +284,11 @@ def mc_sample_fast(model: nn.Module, inputs, samples: int = 30, chunk: int | Non
 
 
 def mc_logits(model: nn.Module, inputs, samples: int = 30, fast: bool = True, seed: Seeds = 0,
-              chunk: int | None = None):
+              chunk: int | None = None, cases: Sequence[int] | None = None):
     """MC-dropout logits (T, B, C) (a dict per task for multitask models), fast or naive."""
     if fast:
-        return mc_sample_fast(model, inputs, samples, chunk=chunk, seed=seed)
-    return mc_sample_naive(model, inputs, samples, seed=seed)
+        return mc_sample_fast(model, inputs, samples, chunk=chunk, seed=seed, cases=cases)
+    return mc_sample_naive(model, inputs, samples, seed=seed, cases=cases)
 
 
 def softmax_samples(logits, temperature: float | Mapping[str, float] | None = None):
