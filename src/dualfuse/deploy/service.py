@@ -67,7 +67,9 @@ class InferenceService:
         self.loaded = load_model(path)
         self.spec = self.loaded.spec
         self.rows = rows
-        self.predictor = self.loaded.predictor(mc_samples)
+        # One view per upload: the server does not run test-time augmentation (a calibrated TTA
+        # predictor's plain counterpart, K x T, has its own calibration; `evaluate` fits both).
+        self.predictor = self.loaded.predictor(mc_samples, tta=1)
         self.stored = None
         if self.loaded.calibration is not None:
             self.stored = self.loaded.calibrated(self.predictor)
