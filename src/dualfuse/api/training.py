@@ -103,7 +103,7 @@ def _finished(train_dir: Path, model_dir: Path, epochs: int) -> bool:
     if not _saved(model_dir):
         return False
     last = train_dir / "checkpoints" / "last.ckpt"
-    return not last.is_file() or int(load_weights_only(last).get("epoch", -1)) + 1 >= epochs
+    return not last.is_file() or int(load_weights_only(last, map_location="meta").get("epoch", -1)) + 1 >= epochs
 
 
 def _member_config(config: RunConfig, k: int) -> RunConfig:
@@ -128,7 +128,8 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     if resume and not run.last_checkpoint.is_file():
         raise FileNotFoundError(f"nothing to resume: {run.last_checkpoint} does not exist")
     if resume:
-        saved = load_weights_only(run.last_checkpoint).get("hyper_parameters", {}).get("spec", {}).get("model", {})
+        saved = load_weights_only(run.last_checkpoint, map_location="meta").get("hyper_parameters", {}).get(
+            "spec", {}).get("model", {})
         if saved.get("name") != config.model.name:
             raise ValueError(f"{run.last_checkpoint} is a checkpoint for model {saved.get('name')!r}, "
                              f"expected {config.model.name!r}")
@@ -180,7 +181,7 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
         model = load_saved_model(run.model_dir, expected_model=config.model.name)[0]
         best = run.checkpoints_dir / "best.ckpt"
         best = best if best.is_file() else run.last_checkpoint
-        epochs = int(load_weights_only(run.last_checkpoint).get("epoch", -1)) + 1
+        epochs = int(load_weights_only(run.last_checkpoint, map_location="meta").get("epoch", -1)) + 1
     metrics, frame, _ = evaluate_datamodule([model], spec, data, config)
     summary = {
         "model": config.model.name,

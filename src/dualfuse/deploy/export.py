@@ -27,7 +27,7 @@ from dualfuse.api import LoadedModel, load_model
 from dualfuse.api.prediction import prediction_loader
 from dualfuse.atomic import atomic_write_json
 from dualfuse.deploy.bundle import write_bundle
-from dualfuse.deploy.graphs import ExportError, SplitModel, split_model, traceable_modalities
+from dualfuse.deploy.graphs import ExportError, SplitModel, split_model
 from dualfuse.deploy.masks import DRAW_RULE
 from dualfuse.deploy.parity import Parity, check_parity
 from dualfuse.deploy.runners import EagerRunner, OnnxRunner, TorchScriptRunner
@@ -169,7 +169,7 @@ def write_onnx(split: SplitModel, example: list[torch.Tensor], folder: Path, ops
     for graph, module, args, inputs, outputs, axis in jobs:
         file = folder / f"{graph}.onnx"
         try:
-            with traceable_modalities(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer and deprecation notes; parity is the real check
                 torch.onnx.export(module, tuple(args), str(file), input_names=inputs, output_names=outputs,
                                   opset_version=opset, dynamo=False, do_constant_folding=True,
@@ -193,7 +193,7 @@ def write_torchscript(split: SplitModel, example: list[torch.Tensor], folder: Pa
     for graph, module, args in jobs:
         file = folder / f"{graph}.pt"
         try:
-            with traceable_modalities(), warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer notes and TorchScript's deprecation; parity is the check
                 traced = torch.jit.trace(module, tuple(args), check_trace=False)
                 torch.jit.save(traced, str(file))

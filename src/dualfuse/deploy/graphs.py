@@ -14,18 +14,14 @@ once (`probe`): a module called twice (DRIFA-Net's head dropout, once per modali
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
-
-from dualfuse.models import inputs as model_inputs
 
 _FEATURE_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 EXPORTABLE_DROPOUT = (nn.Dropout, *_FEATURE_DROPOUT)
@@ -233,32 +229,3 @@ def split_model(model: nn.Module, example: Sequence[torch.Tensor], tasks: Sequen
     return SplitModel(DeterministicGraph(model).eval(), StochasticGraph(masked, feed, layout, len(tensors), tasks).eval(),
                       FullGraph(model, tasks).eval(), layout, [tuple(t.shape[1:]) for t in tensors], calls,
                       list(modalities), list(tasks))
-
-
-@contextlib.contextmanager
-def traceable_modalities() -> Iterator[None]:
-    """While tracing: `collect_modalities` only orders the modality tensors, without its checks.
-
-    Its check that all modalities share one batch size builds a set of sizes, and a tracer's sizes
-    are tensors (each its own set element) or symbols (specialised by hashing), so tracing a
-    multi-input model would fail or fix the batch size. The inputs were checked in eager mode by
-    `split_model`'s probe, and every input of a graph shares the one dynamic batch axis.
-    """
-    original = model_inputs.collect_modalities
-
-    def ordered(inputs, names, in_chans):
-        if isinstance(inputs, torch.Tensor):
-            return [inputs]
-        if isinstance(inputs, Mapping):
-            return [inputs[name] for name in names]
-        return list(inputs)
-
-    patched = [module for name, module in list(sys.modules.items())
-               if name.startswith("dualfuse.models") and getattr(module, "collect_modalities", None) is original]
-    for module in patched:
-        module.collect_modalities = ordered
-    try:
-        yield
-    finally:
-        for module in patched:
-            module.collect_modalities = original

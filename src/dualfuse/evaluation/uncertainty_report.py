@@ -16,6 +16,7 @@ how well entropy and mutual information flag it as foreign.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, refer_flags, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
@@ -106,8 +107,6 @@ def compare_predictors(splits: dict[str, Predictions], task: str, calibrations: 
                        n_bins: int = 15) -> dict:
     """Per predictor, on each labelled split after its own calibration: ECE, NLL, AURC, accuracy,
     accuracy at 90% coverage, and how well its uncertainty tells wrong from right (AUROC)."""
-    from sklearn.metrics import roc_auc_score
-
     out: dict = {}
     for key, stored in calibrations.items():
         predictor = Predictor.from_key(key)

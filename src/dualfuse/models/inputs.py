@@ -73,6 +73,7 @@ def collect_modalities(inputs: object, names: Sequence[str], in_chans: Sequence[
     if len(inputs) != len(names):
         raise ValueError(f"expected {len(names)} modalities {list(names)}, got {len(inputs)} inputs")
     tensors = [check_image(x, chans, f"modality {name!r}") for x, chans, name in zip(inputs, in_chans, names)]
-    if len({x.shape[0] for x in tensors}) > 1:
+    # Compared pairwise, not as a set: a tracer's sizes are tensors, each its own set element.
+    if any(x.shape[0] != tensors[0].shape[0] for x in tensors[1:]):
         raise ValueError(f"modalities have different batch sizes: {[x.shape[0] for x in tensors]}")
     return tensors

@@ -81,8 +81,8 @@ def _read_csv(path: Path) -> list[dict]:
 def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_dir: Path, resume: bool,
         files_before: dict[str, bytes] | None = None) -> FitResult:
     """Train `spec` on `data` into `run_dir` (checkpoints/, logs/); on rank zero, first write
-    `files_before` (e.g. the resolved config) into `run_dir`. Resumes from `checkpoints/last.ckpt`."""
-    check_monitor(config.train.monitor, list(spec.tasks))
+    `files_before` (e.g. the resolved config) into `run_dir`. Resumes from `checkpoints/last.ckpt`.
+    Callers check `train.monitor` first (`check_monitor`), before they create anything."""
     train = config.train
     last = run_dir / "checkpoints" / "last.ckpt"
     task = ClassificationTask(spec.to_dict(), asdict(train))
@@ -111,7 +111,8 @@ def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_di
         for name, payload in (files_before or {}).items():
             atomic_write_bytes(run_dir / name, payload)
         if resume and history:
-            _keep_csv_history(csv_logger, history, int(load_weights_only(last).get("global_step", 0)))
+            step = int(load_weights_only(last, map_location="meta").get("global_step", 0))
+            _keep_csv_history(csv_logger, history, step)
 
     started = time.perf_counter()
     try:
