@@ -1,7 +1,8 @@
 """Render docs/benchmarks.md from the committed results in docs/results/ (never edit it by hand).
 
 Reads every docs/results/accuracy_*.json (records of benchmarks/accuracy.py), speed_*.json
-(benchmarks/speed.py) and serve_*.json (benchmarks/serve.py); the published anchors come from
+(benchmarks/speed.py), serve_*.json (benchmarks/serve.py) and uncertainty_*.json
+(benchmarks/uncertainty.py); the published anchors come from
 benchmarks/_common.py. The output depends
 only on those files, so running it twice gives the same bytes.
 
@@ -273,7 +274,86 @@ def serving_section(serving: list[dict]) -> list[str]:
     return lines
 
 
-def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None) -> str:
+def load_uncertainty(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("uncertainty_*.json"))]
+
+
+UNCERTAINTY_SOURCES = {
+    "softmax": "softmax (1 pass)", "mc_head": "MC dropout, head", "ensemble": "deep ensemble",
+    "ensemble_mc": "ensemble x MC head", "tta": "TTA", "tta_mc": "TTA x MC head",
+    "fusion_softmax": "fusion-dropout model, softmax", "mc_fusion": "MC dropout, fusion + head",
+}
+
+
+def _mean_sd_text(entry: dict, key: str, digits: int = 3) -> str:
+    value = entry.get(key)
+    if not value:
+        return "–"
+    sd = f" ± {value['sd']:.{digits}f}" if value.get("sd") is not None else ""
+    return f"{value['mean']:.{digits}f}{sd}"
+
+
+def _versus(entry: dict, key: str, digits: int = 4) -> str:
+    diff = entry.get(key)
+    if not diff:
+        return "(reference)"
+    return f"{diff['delta']:+.{digits}f} [{diff['ci_low']:+.{digits}f}, {diff['ci_high']:+.{digits}f}] {diff['verdict']}"
+
+
+def uncertainty_section(runs: list[dict]) -> list[str]:
+    """Which uncertainty source catches DCAT's errors: per dataset, every source on the same test cases."""
+    lines = ["## Uncertainty sources", "",
+             "Which uncertainty signal tells DCAT's wrong predictions from its right ones "
+             "(`benchmarks/uncertainty.py`). Per dataset and seed, a DCAT is trained with the paper's MC dropout in the "
+             "head as a deep ensemble of 3 (`train.members: 3`), and one with dropout on the fusion maps too "
+             "(`fusion_drop_rate`, ours); every source gets its own temperature, referral and conformal thresholds "
+             "on the run's calibration split and is scored on test. Error AUROC: AUROC of predictive entropy for "
+             "wrong vs right; AURC by confidence (lower is better), with the paired difference to the softmax of the "
+             "same model on the same test cases (95% CI from a paired bootstrap over cases, pooled over seeds: "
+             "*win*/*loss* only when the CI excludes 0); ECE (15 bins) and NLL after calibration; LAC conformal "
+             "coverage at a 90% target; OOD AUROC of predictive entropy (far: brain MRI vs chest X-ray, near: adult "
+             "TB chest X-ray vs paediatric PneumoniaMNIST); cost: wall time as a multiple of one eval-mode pass, "
+             "measured in the same run. Values are mean ± sd over seeds.", ""]
+    for run in runs:
+        records, summary, default = run["records"], run["summary"], run.get("default")
+        for dataset, sources in summary.items():
+            first = next(r for r in records if r["dataset"] == dataset)
+            seeds = sorted({r["seed"] for r in records if r["dataset"] == dataset})
+            cases = f"{first['max_train_cases']} training cases" if first.get("max_train_cases") else "all training cases"
+            lines += [f"### {DATASET_NAMES.get(dataset, dataset)}", "",
+                      f"DCAT from scratch, single modality, {first['source_px']}-px source pixels resized to "
+                      f"{first['img_size']} px, {cases}, {first['epochs']} epochs (trained "
+                      f"{', '.join(str(r['epochs_trained']) for r in records if r['dataset'] == dataset and r['source'] == 'softmax')}"
+                      f" for seeds {', '.join(map(str, seeds))}); {first['n_cal']} calibration and {first['n_test']} "
+                      f"test cases per seed; {first['device_name']}.", "",
+                      "| source | predictor | error AUROC | AURC | AURC − softmax [95% CI] | acc@90% | ECE | NLL | "
+                      "coverage | OOD far | OOD near | cost × |",
+                      "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|"]
+            for source, entry in sources.items():
+                key = next(r["predictor"] for r in records if r["dataset"] == dataset and r["source"] == source)
+                lines.append(
+                    f"| {UNCERTAINTY_SOURCES.get(source, source)} | {key} | {_mean_sd_text(entry, 'error_auroc')} | "
+                    f"{_mean_sd_text(entry, 'aurc', 4)} | {_versus(entry, 'aurc_vs_softmax')} | "
+                    f"{_mean_sd_text(entry, 'accuracy_at_90')} | {_mean_sd_text(entry, 'ece')} | "
+                    f"{_mean_sd_text(entry, 'nll')} | {_mean_sd_text(entry, 'conformal_coverage')} | "
+                    f"{_mean_sd_text(entry, 'ood_far_auroc')} | {_mean_sd_text(entry, 'ood_near_auroc')} | "
+                    f"{_mean_sd_text(entry, 'cost', 2)} |")
+            below = {s: e["conformal_below_target"] for s, e in sources.items() if e.get("conformal_below_target")}
+            if below:
+                lines.append("")
+                lines.append("Conformal coverage CI below its 90% target (seeds): "
+                             + ", ".join(f"{UNCERTAINTY_SOURCES.get(s, s)} {n}" for s, n in below.items()) + ".")
+            lines.append("")
+        command = next((r["train_command"] for r in records), "")
+        lines += [f"One training command of this file ({run['file']}): `{command}`.", ""]
+        if default:
+            lines += [f"**Default chosen from it: {UNCERTAINTY_SOURCES.get(default['source'], default['source'])}** "
+                      f"({default['reason']}).", ""]
+    return lines
+
+
+def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
+           uncertainty: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -287,6 +367,8 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
         lines += speed_section(speeds)
     if serving:
         lines += serving_section(serving)
+    if uncertainty:
+        lines += uncertainty_section(uncertainty)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -297,11 +379,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     records, speeds = load_results(args.results)
     serving = load_serving(args.results)
-    if not records and not speeds and not serving:
-        print(f"make_docs.py: no accuracy_*.json, speed_*.json or serve_*.json in {args.results}", file=sys.stderr)
+    uncertainty = load_uncertainty(args.results)
+    if not records and not speeds and not serving and not uncertainty:
+        print(f"make_docs.py: no accuracy_*.json, speed_*.json, serve_*.json or uncertainty_*.json in {args.results}",
+              file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(records, speeds, serving))
+    args.out.write_text(render(records, speeds, serving, uncertainty))
     print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 

@@ -108,12 +108,24 @@ def _train_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _print_transfer(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"model.init_from {report.source}")
+    for column in ("status", "tensors", "reason", "example"):
+        table.add_column(column, justify="right" if column == "tensors" else "left")
+    for row in report.rows():
+        table.add_row(row["status"], str(row["tensors"]), row["reason"], row["example"])
+    Console(width=max(Console().width, 120)).print(table)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dualfuse.api import train
     from dualfuse.config import parse_run_args
 
     config, resume = parse_run_args(_train_argv(list(args.args)))
-    summary = train(config, resume=resume)
+    summary = train(config, resume=resume, on_transfer=_print_transfer)
     if summary is None:  # another DDP rank: rank zero prints
         return 0
     if summary.get("interrupted"):
@@ -122,6 +134,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _print_metrics(summary, f"{summary['model']}: best checkpoint, {summary['epochs_trained']} epochs, "
                             f"{summary['train_seconds']:.0f} s")
     print(f"run folder: {summary['run_dir']} (metrics.json, predictions.csv, model/, checkpoints/)")
+    return 0
+
+
+CV_OPTIONS = {"--folds": int, "--repeats": int, "--test-fraction": float}
+
+
+def _cv_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """`dualfuse cv`'s own options, and the rest for the run-config parser."""
+    options, rest, i = {}, [], 0
+    while i < len(argv):
+        name, _, value = argv[i].partition("=")
+        if name in CV_OPTIONS:
+            if not value:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{name} needs a value")
+                i += 1
+                value = argv[i]
+            try:
+                options[name[2:].replace("-", "_")] = CV_OPTIONS[name](value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+        else:
+            rest.append(argv[i])
+        i += 1
+    if "folds" not in options:
+        raise ValueError("dualfuse cv needs --folds K (e.g. --folds 5)")
+    return options, rest
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from dualfuse.api.cv import cross_validate
+    from dualfuse.config import parse_run_args
+
+    options, rest = _cv_options(list(args.args))
+    config, _ = parse_run_args(rest)  # an existing DIR continues at the fold it stopped in: no --resume needed
+
+    def on_fold(k: int, total: int, path) -> None:
+        print(f"fold {k + 1} of {total}: {path}")
+
+    summary = cross_validate(config, on_fold=on_fold, on_transfer=_print_transfer, **options)
+    if summary.get("interrupted"):
+        print(f"cv interrupted in fold {summary['fold']}; run the same command again to continue")
+        return 0
+    settings = summary["cv"]
+    _print_metrics(summary, f"{summary['model']}: {settings['folds']}-fold cv x {settings['repeats']}, pooled out of "
+                            f"fold ({settings['cases']['folds']} cases)")
+    if "ensemble" in summary:
+        _print_metrics({"tasks": summary["ensemble"]}, f"the {len(summary['fold_models'])} fold models as one "
+                                                       "ensemble, calibrated on the shared cal cases")
+    print(f"cv folder: {summary['run_dir']} (metrics.json, predictions.csv, fold_<k>/; evaluate, predict, report "
+          "and serve take it as one ensemble)")
     return 0
 
 
@@ -177,7 +240,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_run_config(args.config) if args.config else None
     summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
                        mc_samples=args.mc_samples, ensemble=args.ensemble, target_accuracy=args.target_accuracy,
-                       target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood, tta=args.tta)
+                       target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood, tta=args.tta,
+                       partners=args.partners)
     _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
     if "uncertainty" in summary:
         _print_uncertainty(summary)
@@ -189,7 +253,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from dualfuse.api import predict
 
     frame = predict(args.checkpoint, args.inputs, args.output, split=args.split, batch_size=args.batch_size,
-                    mc_samples=args.mc_samples, skip_bad=args.skip_bad, tta=args.tta)
+                    mc_samples=args.mc_samples, skip_bad=args.skip_bad, tta=args.tta, modality=args.modality,
+                    partners=args.partners)
     skipped = frame.attrs.get("skipped", 0)
     print(f"wrote {len(frame) - skipped} predictions to {args.output}"
           + (f"; {skipped} unreadable input(s) listed there with their reason (column 'error')" if skipped else ""))
@@ -259,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("args", nargs=argparse.REMAINDER)
     train.set_defaults(handler=_cmd_train)
 
+    cv = commands.add_parser(
+        "cv", add_help=False, help="K-fold cross-validation grouped by patient; the folder becomes a K-model ensemble",
+        description="--folds K [--repeats R] [--test-fraction F], then the run config's arguments: --config FILE, "
+        "--output DIR and dotted overrides. Running the same command again continues at the fold it stopped in.",
+    )
+    cv.add_argument("args", nargs=argparse.REMAINDER)
+    cv.set_defaults(handler=_cmd_cv)
+
     evaluate = commands.add_parser("evaluate", help="metrics with confidence intervals for a trained model")
     evaluate.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")
     evaluate.add_argument("--config", help="run config whose data to use (default: the run folder's config.yaml)")
@@ -277,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "where training used them")
     evaluate.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
     evaluate.add_argument("--ood", metavar="DATA", help="another dataset (.npz or folder) to test OOD detection on")
+    evaluate.add_argument("--partners", type=_non_negative, default=None, metavar="K",
+                          help="zip-mode models: predict each image beside K partner images of the other modalities "
+                               "from the training split and average (default 8; 0: each split's one zip pairing)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for images, folders, a manifest or an npz")
@@ -290,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="MC-dropout samples (default: as calibrated by `evaluate --mc-samples`, else 0)")
     predict.add_argument("--tta", type=_positive, default=None, metavar="A",
                          help="test-time augmentation views (default: as calibrated, else 1)")
+    predict.add_argument("--modality", metavar="M",
+                         help="zip-mode models: the modality of the input images, e.g. mri (default: a manifest's "
+                              "modality columns)")
+    predict.add_argument("--partners", type=_non_negative, default=None, metavar="K",
+                         help="zip-mode models: partner images per case from the run's training split (default: as "
+                              "calibrated by `evaluate`, else 8; 0: inputs holding every modality, as given)")
     predict.add_argument("--skip-bad", action="store_true",
                          help="predict the readable inputs and list each unreadable one with its reason "
                          "(column 'error') instead of stopping at the first")
@@ -390,14 +472,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        # Everything after `train` belongs to the run-config parser (argparse would take `--config`).
+    if argv[:1] in (["train"], ["cv"]):
+        # Everything after `train` (and cv's own options) belongs to the run-config parser.
         if any(a in ("-h", "--help") for a in argv[1:]):
             from dualfuse.config import build_parser as build_run_parser
 
+            if argv[0] == "cv":
+                print("usage: dualfuse cv --folds K [--repeats R] [--test-fraction F] --config FILE --output DIR "
+                      "[overrides]\n\nK stratified folds grouped by patient (test and cal cases outside them), "
+                      "each an ordinary run DIR/fold_<k>/; DIR/metrics.json pools the out-of-fold predictions.\n")
             build_run_parser().print_help()
             return 0
-        args = argparse.Namespace(command="train", args=argv[1:], handler=_cmd_train)
+        handler = _cmd_train if argv[0] == "train" else _cmd_cv
+        args = argparse.Namespace(command=argv[0], args=argv[1:], handler=handler)
     else:
         args = build_parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))

@@ -78,10 +78,14 @@ class ModelConfig:
     """A registered model and its constructor arguments.
 
     `num_classes`, `modalities` and `in_chans` are filled from the data when not given.
+    `init_from` (a run folder, model folder, `.safetensors`, `.ckpt` or state-dict file) starts the
+    model from those weights: every tensor whose name and shape match, 1 <-> 3 input channels
+    adapted, task heads re-initialised where the classes differ (fine-tuning).
     """
 
     name: str = "dcat"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -92,7 +96,8 @@ class TrainConfig:
     epochs: int = 10
     optimizer: str = "adamw"
     lr: float = 1e-3
-    backbone_lr: Optional[float] = None  # pretrained backbone parameters (default: lr)
+    backbone_lr: Optional[float] = None  # pretrained backbone (after init_from: the transferred trunk); default lr
+    freeze_epochs: int = 0  # that trunk's LR is 0 for the first N epochs, while the new heads settle
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine | plateau | none
     warmup_epochs: float = 0.0
@@ -100,6 +105,15 @@ class TrainConfig:
     plateau_factor: float = 0.2
     plateau_patience: int = 5
     label_smoothing: float = 0.0
+    # Small-data recipe parts, all off by default (see README "Small data"): weight EMA (timm
+    # ModelEmaV3; validation, checkpoint choice and the saved model use the averaged weights),
+    # mixup / cutmix alphas (timm Mixup, single-image single-task models), and "balanced" class
+    # weights in the loss (N / (C * n_c) from the training split).
+    ema_decay: Optional[float] = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    class_weights: Optional[str] = None
+    threads: Optional[int] = None  # torch CPU threads (two trainings on 2 cores: give each 1)
     task_weights: Optional[dict[str, float]] = None
     grad_clip: Optional[float] = 1.0
     monitor: str = "val/loss"
@@ -288,6 +302,18 @@ def validate(config: RunConfig) -> None:
     if train.lr <= 0:
         raise ConfigError(f"config: train.lr must be positive, got {train.lr}")
     _positive(train.backbone_lr, "train.backbone_lr")
+    _at_least(train.freeze_epochs, 0, "train.freeze_epochs")
+    _at_least(train.threads, 1, "train.threads")
+    _at_least(train.mixup, 0, "train.mixup")
+    _at_least(train.cutmix, 0, "train.cutmix")
+    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
+        raise ConfigError(f"config: train.ema_decay must be in (0, 1), e.g. 0.999, got {train.ema_decay}")
+    if train.class_weights is not None:
+        _choice(train.class_weights, ("balanced",), "train.class_weights")
+    if config.model.init_from is not None:
+        source = expand_path(config.model.init_from, "model.init_from")
+        if not source.exists():
+            raise ConfigError(f"config: model.init_from {source} does not exist")
     _positive(train.grad_clip, "train.grad_clip")
     _at_least(train.weight_decay, 0, "train.weight_decay")
     _at_least(train.warmup_epochs, 0, "train.warmup_epochs")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualfuse.data.multimodal import ZipDataset
+from dualfuse.data.multimodal import PartnerDataset, ZipDataset, partner_index
 from dualfuse.data.sources import ImageFolderDataset, MedMNISTDataset, NiftiDataset
 
 pytestmark = pytest.mark.realdata
@@ -80,3 +80,32 @@ def test_zip_task_names_and_validation(sources, data_root):
         ZipDataset({"mri": brain, "brats": brats})
     with pytest.raises(KeyError, match="unknown task"):
         zipped.labels("mri_label")
+
+
+def test_partner_dataset_holds_each_image_once_beside_k_partners(sources):
+    brain, xray = sources
+    mri_cases, xray_pool = brain.subset(range(4)), xray.subset(range(50))
+    dataset = PartnerDataset({"mri": mri_cases}, {"xray": xray_pool}, partners=3, seed=5)
+    assert len(dataset) == 4 and dataset.modalities == ("xray", "mri") and dataset.tasks == ("xray_label", "mri_label")
+    sample = dataset[2]
+    assert sample["case_id"] == f"mri:{brain.records[2].case_id}" and dataset.case_id(2) == sample["case_id"]
+    assert sample["mri"].shape == (3, 1, 224, 224) and sample["xray"].shape == (3, 1, 28, 28)
+    assert all(sample["mri"][k].equal(brain[2]["image"]) for k in range(3))
+    rows = dataset.partner_rows(2)["xray"]
+    assert rows == [partner_index(5, sample["case_id"], "xray", k, 50) for k in range(3)]
+    assert all(sample["xray"][k].equal(xray_pool[r]["image"]) for k, r in enumerate(rows))
+    assert dataset.partner_ids(2) == {"xray": [xray_pool.records[r].case_id for r in rows]}
+    assert sample["mri_label"].item() == brain.records[2].labels["label"] and sample["xray_label"].item() == -1
+    np.testing.assert_array_equal(dataset.labels("mri_label"), brain.labels()[:4])
+    # a case's partners depend on (seed, case, k) only: alone, among other cases, or with more partners
+    alone = PartnerDataset({"mri": brain.subset([2])}, {"xray": xray_pool}, partners=5, seed=5)
+    assert alone.partner_rows(0)["xray"][:3] == rows
+    assert PartnerDataset({"mri": mri_cases}, {"xray": xray_pool}, partners=3, seed=6).partner_rows(2)["xray"] != rows
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    assert batch["xray"].shape == (4, 3, 1, 28, 28) and batch["xray_label"].tolist() == [-1] * 4
+    with pytest.raises(ValueError, match="no partner images of modality 'xray'"):
+        PartnerDataset({"mri": mri_cases}, {}, partners=3, modalities=["mri", "xray"])
+    with pytest.raises(ValueError, match="partners must be at least 1"):
+        PartnerDataset({"mri": mri_cases}, {"xray": xray_pool}, partners=0)
+    with pytest.raises(ValueError, match="not one of the model's"):
+        PartnerDataset({"ct": mri_cases}, {"xray": xray_pool}, partners=1, modalities=["mri", "xray"])

@@ -4,8 +4,8 @@
      "members": [...], "default": "1x30", "tta": {"views": 1, "translate": 0.05, "hflip": false, ...},
      "predictors": {"1x0": {task: {...}}, "1x30": {task: {"predictor", "temperature", "referral", "conformal"}}}}
 
-A predictor (K members x T MC samples [x A TTA views]; "1x0" is the softmax) is only ever used with its own
-calibration: `predict` looks up the predictor it runs, and refits it on the run's calibration split
+A predictor (K members x T MC samples [x A TTA views] [p P zip-mode partners]; "1x0" is the softmax,
+"1x30p8" MC dropout averaged over 8 partner images) is only ever used with its own calibration: `predict` looks up the predictor it runs, and refits it on the run's calibration split
 when it is missing, never borrowing another's temperature or thresholds. Round-1 files (no
 "format") fitted one temperature on the softmax and applied it to MC samples; they are refused with
 one line saying how to recalibrate.
@@ -54,6 +54,11 @@ class Calibration:
     @property
     def mc_samples(self) -> int:
         return self.default_predictor.samples
+
+    @property
+    def partners(self) -> int:
+        """Zip-mode partner images of the default predictor (0: none)."""
+        return self.default_predictor.partners
 
     def for_predictor(self, predictor: Predictor) -> dict[str, dict] | None:
         return self.predictors.get(predictor.key)

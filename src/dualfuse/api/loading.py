@@ -25,6 +25,13 @@ from dualfuse.models.spec import ModelSpec
 from dualfuse.uncertainty.mc_dropout import case_keys
 from dualfuse.uncertainty.tta import TTAConfig
 
+#: Partner images per case of a zip-mode model (`evaluate/predict --partners K`) unless calibrated otherwise.
+DEFAULT_PARTNERS = 8
+
+
+class PartnerError(ValueError):
+    """Zip-mode partner images that cannot be had: one line naming what to pass."""
+
 
 @dataclass
 class LoadedModel:
@@ -48,12 +55,45 @@ class LoadedModel:
     def seed(self) -> int:
         return self.calibration.seed if self.calibration else 0
 
-    def predictor(self, mc_samples: int | None = None, tta: int | None = None) -> Predictor:
+    @property
+    def zip_mode(self) -> bool:
+        """Whether the model was trained in zip mode (one task per modality, each judged on its own)."""
+        return bool(self.spec.task_modality)
+
+    @property
+    def partners(self) -> int:
+        """Partner images per case `predict` uses by default: as calibrated (`evaluate --partners`), else
+        `DEFAULT_PARTNERS` for a zip-mode model; 0 for every other model."""
+        if not self.zip_mode:
+            return 0
+        if self.calibration is not None and self.calibration.partners:
+            return self.calibration.partners
+        return DEFAULT_PARTNERS
+
+    def predictor(self, mc_samples: int | None = None, tta: int | None = None, partners: int | None = None
+                  ) -> Predictor:
         """What `predict` runs: every member, with `mc_samples` MC samples and `tta` views each (default:
-        as calibrated)."""
+        as calibrated) and `partners` zip-mode partner images (default 0: the inputs as given; `predict`
+        passes `self.partners`)."""
         default = self.calibration.default_predictor if self.calibration else Predictor()
         return Predictor(len(self.members), default.samples if mc_samples is None else mc_samples,
-                         default.views if tta is None else tta)
+                         default.views if tta is None else tta, partners or 0)
+
+    def partner_pools(self) -> dict:
+        """Zip mode: `{modality: its training split}` from the run folder (config.yaml and split files),
+        where a case's partner images come from; a one-line `PartnerError` without one."""
+        if self.run is None:
+            raise PartnerError(
+                f"{self.path}: this zip-mode model predicts each image beside partner images of its other "
+                f"modalities ({', '.join(self.spec.modalities)}) drawn from its training data, and there is no run "
+                "folder with them here; pass the run folder (config.yaml and split files) as the checkpoint, or "
+                "--partners 0 with a CSV manifest holding every modality per case")
+        try:
+            return self.run.datamodule(self.spec).partner_pools()
+        except (OSError, ValueError) as error:
+            raise PartnerError(f"{self.run.path}: cannot read the training data that partner images come from "
+                               f"({' '.join(str(error).split())}); restore it, or pass --partners 0 with a CSV "
+                               "manifest holding every modality per case") from None
 
     def tta_config(self, predictor: Predictor) -> TTAConfig | None:
         """How the predictor's TTA views are drawn (as calibrated), or None without views."""
@@ -73,7 +113,9 @@ class LoadedModel:
                                    "there is no run folder to calibrate it on; run `dualfuse evaluate` with it")
         data = self.run.datamodule(self.spec)
         split, _ = calibration_split(data)
-        cal = predict_loader(self.members, data.eval_dataloader(split), self.spec, default_device(),
+        loader = (data.partner_dataloader(split, predictor.partners, seed=self.seed) if predictor.partners
+                  else data.eval_dataloader(split))
+        cal = predict_loader(self.members, loader, self.spec, default_device(),
                              mc_samples=predictor.samples, seed=self.seed, tta=self.tta_config(predictor))
         referral = next(iter(self.calibration.predictors[self.calibration.default].values()))["referral"]
         fitted = fit_calibrations(cal, self.spec, [predictor], referral.get("target_accuracy"),
@@ -87,7 +129,9 @@ class LoadedModel:
                       tta: int | None = None) -> dict[str, np.ndarray]:
         """`{task: (B, C) probabilities}` for a batch of preprocessed inputs, as `predict` computes them:
         the predictor's calibrated mean when it is calibrated, else the raw mean. MC masks follow each
-        case's id (default: a hash of its pixels), so a case gets the same numbers in any batch."""
+        case's id (default: a hash of its pixels), so a case gets the same numbers in any batch. A
+        zip-mode model takes the inputs of every modality as given here (no partner images: use
+        `predict`, which draws them from the run's training split)."""
         predictor = self.predictor(mc_samples, tta)
         if case_ids is None:
             case_ids = content_ids(inputs)

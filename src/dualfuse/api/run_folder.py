@@ -6,7 +6,8 @@
     model/               model.safetensors + model.json (the best weights and how to rebuild them),
                          uncertainty.json (calibration from `evaluate --mc-samples`), metadata.json (card)
     members/<k>/         further ensemble members (model folders), when a run holds several
-    fold_<k>/            one run folder per cross-validation fold
+    fold_<k>/            one run folder per cross-validation fold (`dualfuse cv`; then model/ is fold 0's
+                         model and the other folds' models are its ensemble members)
     metrics.json         per task and split: every metric with its bootstrap confidence interval
     predictions.csv      per case: true class, predicted class, class probabilities
     evaluation/          metrics.json and predictions.csv of the latest `evaluate`
@@ -84,9 +85,10 @@ class RunFolder:
         return self
 
     def member_dirs(self) -> list[Path]:
-        """Model folders of the further ensemble members trained into this run (`members/<k>/`)."""
+        """Model folders of the further ensemble members trained into this run (`members/<k>/`); in a
+        cv folder (whose model/ is fold 0's), the models of the other folds."""
         if not self.members_dir.is_dir():
-            return []
+            return [fold.model_dir for fold in self.folds()[1:] if (fold.model_dir / SPEC_NAME).is_file()]
         found = [p for p in self.members_dir.iterdir() if (p / SPEC_NAME).is_file()]
         return sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 

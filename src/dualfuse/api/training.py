@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from dualfuse.api.evaluation import evaluate_datamodule
@@ -19,7 +20,9 @@ from dualfuse.models.registry import model_class
 from dualfuse.models.saved import SPEC_NAME, WEIGHTS_NAME, load_weights_only, save_model
 from dualfuse.models.saved import load_model as load_saved_model
 from dualfuse.models.spec import ModelSpec, Preprocessing
+from dualfuse.models.transfer import TransferReport, transfer_weights
 from dualfuse.training.fit import check_monitor, fit
+from dualfuse.training.task import check_recipe
 
 
 def spec_from_config(config: RunConfig, data: ClassificationDataModule) -> ModelSpec:
@@ -66,8 +69,6 @@ def check_model_arguments(spec: ModelSpec) -> None:
             raise ConfigError(f"config: model.kwargs.{key} is a dropout probability and must be in [0, 1), "
                               f"got {value}")
     try:
-        import torch
-
         with torch.device("meta"):
             spec.build()
     except TypeError as error:
@@ -111,7 +112,19 @@ def _member_config(config: RunConfig, k: int) -> RunConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=config.train.seed + k))
 
 
-def train(config: RunConfig, resume: bool = False) -> dict | None:
+def initial_weights(config: RunConfig, spec: ModelSpec) -> tuple[dict | None, TransferReport | None]:
+    """The tensors `model.init_from` gives the model (loaded and channel-adapted), and the report."""
+    if not config.model.init_from:
+        return None, None
+    from dualfuse.config import expand_path
+
+    model = spec.build()
+    report = transfer_weights(model, spec, expand_path(config.model.init_from, "model.init_from"))
+    state = model.state_dict()
+    return {name: state[name] for name in report.transferred}, report
+
+
+def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | None:
     """Train, keep the best checkpoint, evaluate it on the configured splits, write the run folder.
 
     With `train.members` K > 1, K members are trained one after the other on the same split, with
@@ -119,7 +132,9 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     model folders `members/<k>/` (each with its own checkpoints/ and logs/), which `load_model`,
     `evaluate` and `predict` use as the run's deep ensemble. metrics.json evaluates member 0.
     `resume=True` skips finished members (their model folder is written) and continues the one
-    training stopped in from its last checkpoint.
+    training stopped in from its last checkpoint. With `model.init_from`, every member starts from
+    those weights (heads for new classes re-initialised per member); `on_transfer(report)` is called
+    with the `TransferReport` before the first epoch (the CLI prints it as a table).
 
     Returns the run summary (also `RUN_DIR/metrics.json`) on the main process, `None` on other DDP
     ranks or when training was interrupted (resume it with `resume=True`).
@@ -136,13 +151,21 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
     if not resume and run.has_checkpoints():
         raise ValueError(f"{run.path} already holds a run; pass --resume to continue it or choose another --output")
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
 
     # Data and model are checked before the run folder exists, so a bad config leaves nothing behind.
     data = ClassificationDataModule(config.data, in_chans=1, seed=config.train.seed, split_path=run.split_path)
     spec = spec_from_config(config, data)
     check_monitor(config.train.monitor, list(spec.tasks))
+    if config.train.mixup or config.train.cutmix:
+        with torch.device("meta"):
+            check_recipe(dataclasses.asdict(config.train), spec.build(), list(spec.tasks))
+    transferred, transfer = initial_weights(config, spec)  # a bad init_from also leaves nothing behind
     data.in_chans = spec.preprocessing.in_chans
     data.setup()  # splits are carved (and checked) here, before the run folder is written
+    if transfer is not None and on_transfer is not None:
+        on_transfer(transfer)
     run.prepare()
     folders = member_dirs(run, config.train.members)
     for train_dir, _ in folders[1:]:
@@ -161,7 +184,8 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
         data.seed = member.train.seed  # data order and augmentation of this member; the split stays the run's
         try:
             result = fit(member, spec, data, train_dir, resume and (train_dir / "checkpoints" / "last.ckpt").is_file(),
-                         files_before={"config.yaml": run.config_bytes(config)} if k == 0 else None)
+                         files_before={"config.yaml": run.config_bytes(config)} if k == 0 else None,
+                         initial_weights=transferred)
         finally:
             data.seed = config.train.seed
         seconds += result.seconds
@@ -193,6 +217,8 @@ def train(config: RunConfig, resume: bool = False) -> dict | None:
         "device": default_device(),
         "tasks": metrics,
     }
+    if transfer is not None:
+        summary["init_from"] = transfer.to_dict()
     run.write_results(summary, frame)
     run.write_model_card()
     return summary

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dualfuse.config import DataConfig, SourceConfig, expand_path
 from dualfuse.data.base import CaseDataset, DataError, rare_classes
-from dualfuse.data.multimodal import ZipDataset
+from dualfuse.data.multimodal import PartnerDataset, ZipDataset
 from dualfuse.data.open import open_source
 from dualfuse.data.splits import SPLITS, apply_split, carve_calibration, load_split, make_split, save_split
 from dualfuse.data.transforms import AugmentConfig, build_transforms
@@ -164,6 +164,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.split_path = Path(split_path) if split_path else None
         self.datasets: dict[str, object] = {}
         self._calibration: tuple[str, str | None] = ("val", None)
+        self._parts: dict[str, dict[str, CaseDataset]] = {}
         self.sources = {name: self._open(name, source) for name, source in config.sources.items()}
 
     def _open(self, name: str, source: SourceConfig) -> CaseDataset:
@@ -292,6 +293,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                     members[name] = part
                 length = self.config.zip_length if split == "train" else "max"
                 self.datasets[split] = ZipDataset(members, length=length, seed=self.seed)
+            self._parts = per_source
             return
         (name, parts), = per_source.items()
         for split in splits:
@@ -328,3 +330,34 @@ class ClassificationDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"unknown split {split!r}; have {list(self.datasets)}")
         return self._loader(split)
+
+    # --- zip mode: each case with K partners from the training split ----------------------------
+    def partner_pools(self) -> dict[str, CaseDataset]:
+        """Zip mode: `{source: its training split}` (what the model trained on, after
+        `max_train_cases`) with evaluation transforms: where a case's partner images come from."""
+        self.setup()
+        if self.config.mode != "zip":
+            raise ValueError("data.mode: partner images exist in zip mode only")
+        pools = {}
+        for name, parts in self._parts.items():
+            pool = parts["train"].with_records(parts["train"].records)
+            pool.transform = self._transforms(list(pool.modalities), False, [name])
+            pools[name] = pool
+        return pools
+
+    def partner_dataset(self, split: str, partners: int, seed: int | None = None) -> PartnerDataset:
+        """Zip mode: every image of `split` of every source once, as a case, each beside `partners`
+        partner images of the other sources drawn from their training splits by (seed, case, k)."""
+        self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"unknown split {split!r}; have {list(self.datasets)}")
+        pools = self.partner_pools()
+        cases = {name: self.datasets[split].datasets[name] for name in self._parts}
+        return PartnerDataset(cases, pools, partners, seed=self.seed if seed is None else seed,
+                              tasks=self.datasets[split].task_names, modalities=list(self._parts))
+
+    def partner_dataloader(self, split: str, partners: int, seed: int | None = None) -> DataLoader:
+        """`partner_dataset` in fixed order, at the evaluation batch size."""
+        batch_size = self.config.eval_batch_size or self.config.batch_size
+        return DataLoader(self.partner_dataset(split, partners, seed), batch_size=batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)

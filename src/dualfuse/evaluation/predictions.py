@@ -41,21 +41,25 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 @dataclass(frozen=True)
 class Predictor:
     """How a case's probabilities are formed: the mean over `members` models (1: the first), `views`
-    test-time augmentation views (1: the image only) and `samples` MC-dropout samples each (0: the
-    eval-mode softmax). Each predictor has its own temperature, referral threshold and conformal
-    thresholds: calibration belongs to one predictor."""
+    test-time augmentation views (1: the image only), `partners` partner images (zip mode: K images
+    of every other modality drawn from the training split; 0: the inputs as given) and `samples`
+    MC-dropout samples each (0: the eval-mode softmax). Each predictor has its own temperature,
+    referral threshold and conformal thresholds: calibration belongs to one predictor."""
 
     members: int = 1
     samples: int = 0
     views: int = 1
+    partners: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.members}x{self.samples}" + (f"x{self.views}" if self.views > 1 else "")
+        return (f"{self.members}x{self.samples}" + (f"x{self.views}" if self.views > 1 else "")
+                + (f"p{self.partners}" if self.partners else ""))
 
     @classmethod
     def from_key(cls, key: str) -> Predictor:
-        return cls(*(int(part) for part in key.split("x")))
+        base, _, partners = key.partition("p")
+        return cls(*(int(part) for part in base.split("x")), **({"partners": int(partners)} if partners else {}))
 
     @property
     def label(self) -> str:
@@ -65,15 +69,19 @@ class Predictor:
             text = f"ensemble of {self.members}"
         else:
             text = f"ensemble of {self.members} x MC dropout, {self.samples} samples"
-        return text + (f", {self.views} TTA views" if self.views > 1 else "")
+        return (text + (f", {self.views} TTA views" if self.views > 1 else "")
+                + (f", {self.partners} partner image{'s' if self.partners > 1 else ''}" if self.partners else ""))
 
 
 @dataclass
 class Predictions:
-    """Per task: eval-mode logits `(N, C)` of the first model on the image itself, of every member
-    and view `(K*A, N, C)` (member k, view v in row k*A + v), MC samples `(K*A*T, N, C)` (in
-    member, view, sample order), labels where known, and the temperature of the active `predictor`
-    (default: everything drawn, K members x A views x T samples)."""
+    """Per task: eval-mode logits `(N, C)` of the first model on the image itself (and its first
+    partner), of every member, view and partner `(K*A*P, N, C)` (member k, view v, partner p in row
+    (k*A + v)*P + p; P = 1 without partners), MC samples `(K*A*P*T, N, C)` (in member, view,
+    partner, sample order), labels where known, and the temperature of the active `predictor`
+    (default: everything drawn, K members x A views x P partners x T samples). In zip mode with
+    partners (`partners` > 0) each row is one image of one modality (id `"<modality>:<case id>"`),
+    and only its own modality's task is its question (the others' labels are -1)."""
 
     case_ids: list[str]
     patient_ids: list[str]
@@ -85,19 +93,26 @@ class Predictions:
     samples: int = 0
     predictor: Predictor | None = None
     views: int = 1
+    partners: int = 0
 
     @property
     def tasks(self) -> list[str]:
         return list(self.logits)
 
     @property
+    def _partner_rows(self) -> int:
+        return max(self.partners, 1)
+
+    @property
     def members(self) -> int:
-        return next(iter(self.member_logits.values())).shape[0] // self.views if self.member_logits else 1
+        if not self.member_logits:
+            return 1
+        return next(iter(self.member_logits.values())).shape[0] // (self.views * self._partner_rows)
 
     @property
     def drawn(self) -> Predictor:
         """The largest predictor these predictions support."""
-        return Predictor(self.members, self.samples, self.views)
+        return Predictor(self.members, self.samples, self.views, self.partners)
 
     @property
     def active(self) -> Predictor:
@@ -105,23 +120,26 @@ class Predictions:
 
     def using(self, predictor: Predictor, temperature: dict[str, float] | None = None) -> Predictions:
         """The same predictions read through another predictor (and its temperature)."""
+        partners_held = (predictor.partners == self.partners
+                         or (self.partners > 0 and 1 <= predictor.partners <= self.partners))
         if (predictor.members > self.members or predictor.samples not in (0, self.samples)
-                or predictor.views > self.views):
+                or predictor.views > self.views or not partners_held):
             raise ValueError(f"predictor {predictor.key} needs more than these predictions hold ({self.drawn.key})")
         return replace(self, predictor=predictor, temperature=dict(temperature or {}))
 
     def predictor_logits(self, task: str, predictor: Predictor | None = None) -> np.ndarray:
-        """(S, N, C): the per-sample logits a predictor averages (S = members x max(samples, 1))."""
+        """(S, N, C): the per-sample logits a predictor averages (S = members x views x partners x
+        max(samples, 1)); the first p partners of P drawn are exactly the p-partner predictor's."""
         predictor = predictor or self.active
-        k, a = predictor.members, predictor.views
+        k, a, p = predictor.members, predictor.views, max(predictor.partners, 1)
         if predictor.samples:
             z = self.sample_logits[task]
-            z = z.reshape(self.members, self.views, self.samples, *z.shape[1:])[:k, :a]
-            return z.reshape(-1, *z.shape[3:])
-        if k * a > 1:
+            z = z.reshape(self.members, self.views, self._partner_rows, self.samples, *z.shape[1:])[:k, :a, :p]
+            return z.reshape(-1, *z.shape[4:])
+        if k * a * p > 1:
             z = self.member_logits[task]
-            z = z.reshape(self.members, self.views, *z.shape[1:])[:k, :a]
-            return z.reshape(-1, *z.shape[2:])
+            z = z.reshape(self.members, self.views, self._partner_rows, *z.shape[1:])[:k, :a, :p]
+            return z.reshape(-1, *z.shape[3:])
         return self.logits[task][None]
 
     def deterministic_probs(self, task: str) -> np.ndarray:
@@ -138,14 +156,17 @@ class Predictions:
     @property
     def stochastic(self) -> bool:
         """Whether the active predictor averages several samples (so mutual information is defined)."""
-        return self.active.samples > 0 or self.active.members > 1 or self.active.views > 1
+        active = self.active
+        return active.samples > 0 or active.members > 1 or active.views > 1 or active.partners > 1
 
     def task_rows(self, modality: str | None = None) -> np.ndarray:
-        """The rows `for_task` keeps: all, or in zip mode the first row of each image of `modality`."""
+        """The rows `for_task` keeps: all, or in zip mode the first row of each image of `modality`
+        (with partners, the rows whose case is an image of `modality`)."""
         if modality is None:
             return np.arange(len(self.case_ids))
-        components = [_component(case_id, modality) for case_id in self.case_ids]
-        return np.array(sorted({cid: i for i, cid in reversed(list(enumerate(components)))}.values()), dtype=int)
+        components = [_component(case_id, modality, strict=self.partners > 0) for case_id in self.case_ids]
+        first = {cid: i for i, cid in reversed(list(enumerate(components))) if cid is not None}
+        return np.array(sorted(first.values()), dtype=int)
 
     def for_task(self, task: str, modality: str | None = None) -> Predictions:
         """One task's cases. In zip mode a case id joins one image per modality
@@ -153,22 +174,25 @@ class Predictions:
         rows = self.task_rows(modality)
         ids, patients = self.case_ids, self.patient_ids
         if modality is not None:
-            ids = patients = [_component(case_id, modality) for case_id in self.case_ids]
+            ids = [_component(case_id, modality) for case_id in self.case_ids]
+            patients = self.patient_ids if self.partners else ids  # a zip pair's patient id joins two
         return Predictions(
             [ids[i] for i in rows], [patients[i] for i in rows], {task: self.logits[task][rows]},
             {task: self.labels[task][rows]} if task in self.labels else {},
             {task: self.sample_logits[task][:, rows]} if task in self.sample_logits else {},
             {task: self.temperature[task]} if task in self.temperature else {},
             {task: self.member_logits[task][:, rows]} if task in self.member_logits else {},
-            self.samples, self.predictor, self.views,
+            self.samples, self.predictor, self.views, self.partners,
         )
 
 
-def _component(case_id: str, modality: str) -> str:
+def _component(case_id: str, modality: str, strict: bool = False) -> str | None:
+    """The id of the `modality` image in a zip case id; without one, None if `strict` (a partner
+    case of another modality) else the id itself (inputs that are not zip pairs)."""
     for part in case_id.split("|"):
         if part.startswith(f"{modality}:"):
             return part[len(modality) + 1:]
-    return case_id
+    return None if strict else case_id
 
 
 def model_inputs(batch: dict, modalities: list[str], model: nn.Module, device: torch.device | str = "cpu"):
@@ -197,34 +221,47 @@ def _canonical_chunks(inputs, n: int, rows: int):
 
 @torch.no_grad()
 def predict_batch(models: Sequence[nn.Module], inputs, keys: Sequence[int], tasks: Sequence[str], mc_samples: int = 0,
-                  seed: int = 0, rows: int = CANONICAL_ROWS, tta: TTAConfig | None = None
+                  seed: int = 0, rows: int = CANONICAL_ROWS, tta: TTAConfig | None = None, partners: int = 0
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One batch through every member and TTA view: `({task: (K*A, B, C) eval-mode logits},
-    {task: (K*A*T, B, C) MC samples})`, in canonical chunks, MC masks drawn per (seed, case key,
-    member, view, sample). Member k's view 0 draws the same masks whatever K and A are."""
+    """One batch through every member, TTA view and partner: `({task: (K*A*P, B, C) eval-mode
+    logits}, {task: (K*A*P*T, B, C) MC samples})`, in canonical chunks, MC masks drawn per (seed,
+    case key, member, view, partner, sample). Member k's view 0 and partner 0 draw the same masks
+    whatever K, A and P are.
+
+    With `partners` P > 0 (zip mode) `inputs` is a dict of `(B, P, C, H, W)` stacks (see
+    `PartnerDataset`) and partner p's pass sees `{m: x[:, p]}`; test-time augmentation is refused."""
     views = tta.views if tta else 1
+    if partners and views > 1:
+        raise ValueError("test-time augmentation cannot be combined with zip-mode partners: a zip-mode model "
+                         "averages over partner images instead (drop --tta)")
+    if partners and not isinstance(inputs, dict):
+        raise ValueError("zip-mode partners need a model that takes one input per modality")
+    chosen = max(partners, 1)
     seeds = sample_seeds(len(models) * mc_samples, seed) if mc_samples else []
     n = len(keys)
-    per_member: list[dict] = [{t: [] for t in tasks} for _ in range(len(models) * views)]
-    per_sample: list[dict] = [{t: [] for t in tasks} for _ in range(len(models) * views)]
+    slots = range(len(models) * views * chosen)
+    per_member: list[dict] = [{t: [] for t in tasks} for _ in slots]
+    per_sample: list[dict] = [{t: [] for t in tasks} for _ in slots]
     for v in range(views):
         view = view_inputs(inputs, keys, v, seed, tta) if v else inputs
-        offset = 0
-        for chunk, real in _canonical_chunks(view, n, rows):
-            chunk_keys = _pad(list(keys[offset:offset + real]), rows)
-            for k, model in enumerate(models):
-                slot = k * views + v
-                state = model.forward_deterministic(chunk)
-                logits = model.forward_stochastic(repeat_state(state, 1))
-                for t in tasks:
-                    per_member[slot][t].append(logits[t][:real].float().cpu().numpy())
-                if mc_samples:
-                    member_seeds = [_view_seed(s, v) for s in seeds[k * mc_samples:(k + 1) * mc_samples]]
-                    drawn = mc_sample_from_state(model, state, mc_samples, seed=member_seeds, cases=chunk_keys)
+        for p in range(chosen):
+            partnered = {m: x[:, p] for m, x in view.items()} if partners else view
+            offset = 0
+            for chunk, real in _canonical_chunks(partnered, n, rows):
+                chunk_keys = _pad(list(keys[offset:offset + real]), rows)
+                for k, model in enumerate(models):
+                    slot = (k * views + v) * chosen + p
+                    state = model.forward_deterministic(chunk)
+                    logits = model.forward_stochastic(repeat_state(state, 1))
                     for t in tasks:
-                        per_sample[slot][t].append(drawn[t][:, :real].float().cpu().numpy())
-            offset += real
-    slots = range(len(models) * views)
+                        per_member[slot][t].append(logits[t][:real].float().cpu().numpy())
+                    if mc_samples:
+                        member_seeds = [_partner_seed(_view_seed(s, v), p)
+                                        for s in seeds[k * mc_samples:(k + 1) * mc_samples]]
+                        drawn = mc_sample_from_state(model, state, mc_samples, seed=member_seeds, cases=chunk_keys)
+                        for t in tasks:
+                            per_sample[slot][t].append(drawn[t][:, :real].float().cpu().numpy())
+                offset += real
     members = {t: np.stack([np.concatenate(per_member[i][t]) for i in slots]) for t in tasks}
     samples = {t: np.concatenate([np.concatenate(per_sample[i][t], axis=1) for i in slots])
                for t in tasks} if mc_samples else {}
@@ -239,16 +276,28 @@ def _view_seed(sample_seed: int, view: int) -> int:
     return int.from_bytes(hashlib.sha256(f"view:{sample_seed}:{view}".encode()).digest()[:8], "big") >> 1
 
 
+def _partner_seed(sample_seed: int, partner: int) -> int:
+    """Partner 0 keeps the sample's seed; partner p > 0 gets its own (so the first p partners of a
+    larger draw are exactly the p-partner predictor's samples)."""
+    if not partner:
+        return sample_seed
+    return int.from_bytes(hashlib.sha256(f"partner:{sample_seed}:{partner}".encode()).digest()[:8], "big") >> 1
+
+
 @torch.no_grad()
 def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, spec: ModelSpec,
                    device: str | torch.device = "cpu", mc_samples: int = 0, seed: int = 0,
                    rows: int = CANONICAL_ROWS, tta: TTAConfig | None = None) -> Predictions:
     """Run the model(s) over `loader`: eval-mode logits of every member and, with `mc_samples` T > 0,
-    T MC-dropout samples of every member, masks drawn per (seed, case id, member, sample)."""
+    T MC-dropout samples of every member, masks drawn per (seed, case id, member, sample).
+
+    A loader over a `PartnerDataset` (zip mode: its `partners` P) gives every case P passes, one per
+    partner image, held as P rows per member (`Predictions.partners`)."""
     device = torch.device(device)
     models = [models] if isinstance(models, nn.Module) else list(models)
     models = [model.to(device).eval() for model in models]
     tasks, modalities = list(spec.tasks), list(spec.modalities)
+    partners = int(getattr(loader.dataset, "partners", 0) or 0)
     case_ids, patient_ids = [], []
     members: dict[str, list] = {t: [] for t in tasks}
     samples: dict[str, list] = {t: [] for t in tasks}
@@ -256,7 +305,7 @@ def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, 
     for batch in loader:
         inputs = model_inputs(batch, modalities, models[0], device)
         batch_members, batch_samples = predict_batch(models, inputs, case_keys(batch["case_id"]), tasks, mc_samples,
-                                                     seed, rows, tta)
+                                                     seed, rows, tta, partners=partners)
         for t in tasks:
             members[t].append(batch_members[t])
             if mc_samples:
@@ -266,14 +315,16 @@ def predict_loader(models: nn.Module | Sequence[nn.Module], loader: DataLoader, 
         case_ids.extend(batch["case_id"])
         patient_ids.extend(batch["patient_id"])
     n_classes = {t: len(c) for t, c in spec.tasks.items()}
-    views = tta.views if tta else 1
-    member_logits = {t: np.concatenate(v, axis=1) if v else np.zeros((len(models) * views, 0, n_classes[t]), np.float32)
+    rows_per_member = (tta.views if tta else 1) * max(partners, 1)
+    member_logits = {t: np.concatenate(v, axis=1) if v
+                     else np.zeros((len(models) * rows_per_member, 0, n_classes[t]), np.float32)
                      for t, v in members.items()}
     return Predictions(
         case_ids, patient_ids, {t: v[0] for t, v in member_logits.items()},
         {t: np.concatenate(v) for t, v in labels.items() if v and len(v) == len(members[t])},
         {t: np.concatenate(v, axis=1) for t, v in samples.items() if v},
-        member_logits=member_logits if len(models) * views > 1 else {}, samples=mc_samples, views=views,
+        member_logits=member_logits if len(models) * rows_per_member > 1 else {}, samples=mc_samples,
+        views=tta.views if tta else 1, partners=partners,
     )
 
 
@@ -323,3 +374,26 @@ def predictions_frame(predictions: Predictions, classes: dict[str, list[str]], s
             columns[f"{task}_refer"] = refer_flags(probs, calibration[task])
             columns[f"{task}_set"] = ["|".join(names[row]) for row in conformal_sets(probs, calibration[task])]
     return pd.DataFrame(columns)
+
+
+def cases_frame(predictions: Predictions, spec: ModelSpec, split: str | None = None,
+                calibration: dict[str, dict] | None = None) -> pd.DataFrame:
+    """`predictions_frame` of a model's predictions, and for zip-mode predictions with partners one
+    row per case with its `modality` and only its own task's columns (the other tasks are not its
+    question, and are left empty)."""
+    if not predictions.partners or not spec.task_modality:
+        return predictions_frame(predictions, spec.tasks, split, calibration)
+    frames = []
+    for task, names in spec.tasks.items():
+        modality = spec.modality_of(task)
+        view = predictions.for_task(task, modality)
+        if not view.case_ids:
+            continue
+        frame = predictions_frame(view, {task: names}, split,
+                                  {task: calibration[task]} if calibration and task in calibration else None)
+        frame.insert(2 if split is None else 3, "modality", modality)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame({"case_id": [], "patient_id": [], **({"split": []} if split is not None else {}),
+                             "modality": []})
+    return pd.concat(frames, ignore_index=True)

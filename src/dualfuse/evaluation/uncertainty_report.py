@@ -30,10 +30,12 @@ CONFORMAL_SCORES = ("lac", "aps")
 
 def predictors_of(predictions: Predictions) -> list[Predictor]:
     """Every predictor these predictions support: the softmax, MC of the first member, the ensemble,
-    test-time augmentation, and their combinations (each source alone and every mix drawn)."""
+    test-time augmentation, zip-mode partners (one partner or all), and their combinations (each
+    source alone and every mix drawn)."""
     drawn = predictions.drawn
-    return [Predictor(k, t, a) for k in dict.fromkeys((1, drawn.members)) for a in dict.fromkeys((1, drawn.views))
-            for t in dict.fromkeys((0, drawn.samples))]
+    partners = dict.fromkeys((1, drawn.partners)) if drawn.partners else (0,)
+    return [Predictor(k, t, a, p) for k in dict.fromkeys((1, drawn.members)) for a in dict.fromkeys((1, drawn.views))
+            for p in partners for t in dict.fromkeys((0, drawn.samples))]
 
 
 def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy: float | None = None,

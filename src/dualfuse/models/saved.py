@@ -26,6 +26,7 @@ from dualfuse.models.spec import ModelSpec, SpecError
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
 MODEL_PREFIX = "model."  # where the training task keeps the network inside a Lightning state_dict
+EMA_PREFIX = "ema.module."  # and its weight average, with train.ema_decay
 
 
 class CheckpointError(ValueError):
@@ -213,8 +214,10 @@ def _read_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
         spec = ModelSpec.from_dict(spec, path)
     except SpecError as error:
         raise CheckpointError(str(error)) from None
-    state_dict = {key[len(MODEL_PREFIX):]: value for key, value in checkpoint["state_dict"].items()
-                  if key.startswith(MODEL_PREFIX)}
+    # A run with train.ema_decay chose and saved the averaged weights: read those, as model/ holds them.
+    prefix = EMA_PREFIX if any(key.startswith(EMA_PREFIX) for key in checkpoint["state_dict"]) else MODEL_PREFIX
+    state_dict = {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items()
+                  if key.startswith(prefix)}
     if not state_dict:
         raise CheckpointError(f"{path}: checkpoint holds no weights under {MODEL_PREFIX!r}")
     return spec, state_dict

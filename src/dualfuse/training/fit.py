@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -18,6 +19,7 @@ from torch import nn
 
 from dualfuse.atomic import atomic_write_bytes
 from dualfuse.config import ConfigError, RunConfig
+from dualfuse.models.saved import EMA_PREFIX, MODEL_PREFIX
 from dualfuse.models.spec import ModelSpec
 from dualfuse.training.checkpoints import AtomicCheckpointIO, load_weights_only
 from dualfuse.training.task import ClassificationTask
@@ -78,14 +80,32 @@ def _read_csv(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
+def balanced_class_weights(data: pl.LightningDataModule, spec: ModelSpec) -> dict[str, list[float]]:
+    """Per task, N / (C * n_c) from the training split's labels (a class absent from train gets 1)."""
+    out = {}
+    for task, names in spec.tasks.items():
+        counts = np.bincount(np.asarray(data.datasets["train"].labels(task)), minlength=len(names)).astype(float)
+        out[task] = [float(counts.sum() / (len(names) * c)) if c else 1.0 for c in counts]
+    return out
+
+
 def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_dir: Path, resume: bool,
-        files_before: dict[str, bytes] | None = None) -> FitResult:
+        files_before: dict[str, bytes] | None = None, initial_weights: dict | None = None) -> FitResult:
     """Train `spec` on `data` into `run_dir` (checkpoints/, logs/); on rank zero, first write
     `files_before` (e.g. the resolved config) into `run_dir`. Resumes from `checkpoints/last.ckpt`.
-    Callers check `train.monitor` first (`check_monitor`), before they create anything."""
+    `initial_weights` (the tensors `model.init_from` transferred) start a fresh run; the rest keeps
+    this member's own initialisation. Callers check `train.monitor` first (`check_monitor`), before
+    they create anything."""
     train = config.train
     last = run_dir / "checkpoints" / "last.ckpt"
-    task = ClassificationTask(spec.to_dict(), asdict(train))
+    class_weights = balanced_class_weights(data, spec) if train.class_weights == "balanced" else None
+    task = ClassificationTask(spec.to_dict(), asdict(train),
+                              transferred=sorted(initial_weights) if initial_weights is not None else None,
+                              class_weights=class_weights)
+    if initial_weights and not resume:
+        task.model.load_state_dict(initial_weights, strict=False)
+        if task.ema is not None:  # the average starts from the transferred weights too
+            task.ema.module.load_state_dict(task.model.state_dict())
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=train.monitor, mode=train.monitor_mode,
         save_last=True, save_top_k=1, enable_version_counter=False,
@@ -124,6 +144,7 @@ def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_di
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     if trainer.is_global_zero and not trainer.interrupted:
         state = load_weights_only(best)["state_dict"]
-        task.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        prefix = EMA_PREFIX if task.ema is not None else MODEL_PREFIX  # the weights validation chose
+        task.model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return FitResult(task.model, best, int(trainer.current_epoch), seconds, bool(trainer.interrupted),
                      trainer.is_global_zero)

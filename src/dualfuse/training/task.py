@@ -11,11 +11,14 @@ import math
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from dualfuse.models.backbone import FeatureTaps
 from dualfuse.models.spec import ModelSpec
+from dualfuse.models.transfer import head_parameter_names
 
 
 def backbone_parameter_ids(model: nn.Module) -> set[int]:
@@ -25,6 +28,27 @@ def backbone_parameter_ids(model: nn.Module) -> set[int]:
         if isinstance(module, FeatureTaps) or hasattr(module, "pretrained_cfg"):
             ids.update(id(p) for p in module.parameters())
     return ids
+
+
+def trunk_parameter_ids(model: nn.Module, transferred: list[str] | None = None) -> set[int]:
+    """The parameters `train.backbone_lr` and `train.freeze_epochs` act on: after `model.init_from`,
+    every transferred tensor outside the task heads; else the (possibly pretrained) CNN trunks."""
+    if transferred is None:
+        return backbone_parameter_ids(model)
+    names = set(transferred) - set(head_parameter_names(model))
+    return {id(p) for name, p in model.named_parameters() if name in names}
+
+
+def check_recipe(train: dict, model: nn.Module, tasks: list[str]) -> None:
+    """Mixup and cutmix mix one image and one label: one line when the model takes more."""
+    if (train.get("mixup") or train.get("cutmix")) and (model.multi_input or len(tasks) > 1):
+        raise ValueError("config: train.mixup / train.cutmix need a single-image, single-task model; this one takes "
+                         f"{'one image per modality' if model.multi_input else 'one image'} and predicts {tasks}")
+
+
+def frozen_until(steps: int, factor):
+    """An LR factor that is 0 for the first `steps` optimiser steps, then `factor`'s."""
+    return lambda step: 0.0 if step < steps else factor(step)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, floor: float):
@@ -46,13 +70,18 @@ class ClassificationTask(pl.LightningModule):
         spec: a `ModelSpec` as a dict (`ModelSpec.to_dict()`): plain data, so checkpoints stay
             `weights_only`-loadable.
         train: the run's `TrainConfig` as a dict (optimiser, schedule, loss weights, seed).
+        transferred: names of the tensors `model.init_from` loaded (fine-tuning): `backbone_lr` and
+            `freeze_epochs` then act on those outside the heads.
+        class_weights: per task, one loss weight per class (`train.class_weights: balanced`).
     """
 
-    def __init__(self, spec: dict, train: dict):
+    def __init__(self, spec: dict, train: dict, transferred: list[str] | None = None,
+                 class_weights: dict[str, list[float]] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.spec = ModelSpec.from_dict(spec)
         self.train_config = train
+        self.transferred = None if transferred is None else list(transferred)
         self.model = self.spec.build()
         self.tasks = list(self.spec.tasks)
         self.modalities = list(self.spec.modalities)
@@ -64,21 +93,44 @@ class ClassificationTask(pl.LightningModule):
         if unknown:
             raise ValueError(f"train.task_weights names unknown tasks {sorted(unknown)}; tasks are {self.tasks}")
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        for task, values in (class_weights or {}).items():
+            self.register_buffer(f"class_weight_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
+        self.class_weighted = set(class_weights or {})
+        check_recipe(train, self.model, self.tasks)
+        # The averaged weights are a submodule, so checkpoints hold them and a resume continues them.
+        self.ema = ModelEmaV3(self.model, decay=float(train["ema_decay"]), use_warmup=True) \
+            if train.get("ema_decay") else None
+        mixing = float(train.get("mixup") or 0) or float(train.get("cutmix") or 0)
+        self.mixup = Mixup(mixup_alpha=float(train.get("mixup") or 0), cutmix_alpha=float(train.get("cutmix") or 0),
+                           label_smoothing=float(train.get("label_smoothing", 0.0)),
+                           num_classes=len(self.spec.tasks[self.tasks[0]])) if mixing else None
         self.val_auc = nn.ModuleDict({t: MulticlassAUROC(len(c)) for t, c in self.spec.tasks.items()})
         self.val_acc = nn.ModuleDict({t: MulticlassAccuracy(len(c), average="micro")
                                       for t, c in self.spec.tasks.items()})
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        if self.model.multi_input:
-            return self.model({m: batch[m] for m in self.modalities})
-        return self.model(batch[self.modalities[0]])
+    def forward(self, batch: dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        model = model or self.model
+        if model.multi_input:
+            return model({m: batch[m] for m in self.modalities})
+        return model(batch[self.modalities[0]])
 
-    def _loss(self, logits: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+    def _class_weight(self, task: str) -> torch.Tensor | None:
+        return getattr(self, f"class_weight_{task}") if task in self.class_weighted else None
+
+    def _loss(self, logits: dict[str, torch.Tensor], batch: dict, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted cross-entropy per task; `soft` targets (mixup/cutmix, already smoothed) for the one task."""
         smoothing = float(self.train_config.get("label_smoothing", 0.0))
-        return sum(
-            self.task_weights[t] * F.cross_entropy(logits[t].float(), batch[t], label_smoothing=smoothing)
-            for t in self.tasks
-        )
+        total = 0.0
+        for t in self.tasks:
+            weight = self._class_weight(t)
+            if soft is not None:
+                log_p = F.log_softmax(logits[t].float(), dim=1)
+                per_class = -soft * log_p * (weight if weight is not None else 1.0)
+                loss = per_class.sum(dim=1).mean()
+            else:
+                loss = F.cross_entropy(logits[t].float(), batch[t], weight=weight, label_smoothing=smoothing)
+            total = total + self.task_weights[t] * loss
+        return total
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Dropout of every step draws from (seed, epoch, step, rank), so a run resumed from an epoch
@@ -89,12 +141,26 @@ class ClassificationTask(pl.LightningModule):
         torch.manual_seed(seed % 2**63)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch), batch)
+        soft = None
+        if self.mixup is not None and len(batch["case_id"]) % 2 == 0:  # timm mixes a batch with its flip: even sizes
+            image, task = self.modalities[0], self.tasks[0]
+            batch = {**batch}
+            batch[image], soft = self.mixup(batch[image], batch[task])
+        loss = self._loss(self(batch), batch, soft)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["case_id"]))
         return loss
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What validation scores, checkpoint selection compares and the run saves: the EMA if on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch)
+        logits = self(batch, self.evaluated_model)
         batch_size = len(batch["case_id"])
         self.log("val/loss", self._loss(logits, batch), on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch_size)
@@ -114,16 +180,19 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         config = self.train_config
-        backbone_ids = backbone_parameter_ids(self.model) if config.get("backbone_lr") else set()
+        freeze_epochs = int(config.get("freeze_epochs") or 0)
+        trunk_ids = (trunk_parameter_ids(self.model, self.transferred)
+                     if config.get("backbone_lr") or freeze_epochs else set())
         groups: dict[tuple[bool, bool], list] = {}
         for p in self.model.parameters():
             if p.requires_grad:
                 # No weight decay on norms and biases (1-D), as timm does.
-                groups.setdefault((id(p) in backbone_ids, p.ndim <= 1), []).append(p)
+                groups.setdefault((id(p) in trunk_ids, p.ndim <= 1), []).append(p)
+        trunk_lr = config.get("backbone_lr") or config["lr"]
         param_groups = [
-            {"params": params, "lr": config["backbone_lr"] if is_backbone else config["lr"],
+            {"params": params, "lr": trunk_lr if is_trunk else config["lr"],
              "weight_decay": 0.0 if no_decay else config["weight_decay"]}
-            for (is_backbone, no_decay), params in groups.items()
+            for (is_trunk, no_decay), params in groups.items()
         ]
         optimizer_class = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(param_groups, lr=config["lr"])
@@ -131,19 +200,24 @@ class ClassificationTask(pl.LightningModule):
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs))
         warmup_steps = int(round(config.get("warmup_epochs", 0.0) * steps_per_epoch))
+        # Freezing is an LR of 0 for the trunk's groups (not requires_grad, which DDP cannot change
+        # mid-run), counted in optimiser steps, so a resumed run freezes and thaws at the same step.
+        frozen_steps = freeze_epochs * steps_per_epoch
+        trunk_flags = [is_trunk for is_trunk, _ in groups]
         schedulers = []
         if config["scheduler"] == "cosine":
             floor = config["min_lr"] / config["lr"]
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, floor))
-            schedulers.append({"scheduler": schedule, "interval": "step"})
+            base = warmup_cosine(warmup_steps, total_steps, floor)
         else:
-            if warmup_steps:
-                ramp = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
-                schedulers.append({"scheduler": ramp, "interval": "step"})
-            if config["scheduler"] == "plateau":
-                plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                    optimizer, mode=config["monitor_mode"], factor=config["plateau_factor"],
-                    patience=config["plateau_patience"], min_lr=config["min_lr"],
-                )
-                schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": config["monitor"]})
+            def base(step: int) -> float:
+                return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        if config["scheduler"] == "cosine" or warmup_steps or frozen_steps:
+            factors = [frozen_until(frozen_steps, base) if is_trunk and frozen_steps else base for is_trunk in trunk_flags]
+            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factors), "interval": "step"})
+        if config["scheduler"] == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=config["monitor_mode"], factor=config["plateau_factor"],
+                patience=config["plateau_patience"], min_lr=config["min_lr"],
+            )
+            schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": config["monitor"]})
         return [optimizer], schedulers
