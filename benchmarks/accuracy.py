@@ -104,6 +104,19 @@ def task_record(task: str, dataset: str, trained: dict, evaluated: dict) -> dict
     return record
 
 
+def test_cases(run_dir: Path, task: str, classes: list[str]) -> dict:
+    """The run's test predictions of `task` (eval-mode softmax, as the headline metrics), per case,
+    for paired comparisons between models on the same cases (benchmarks/paired.py)."""
+    import pandas as pd
+
+    frame = pd.read_csv(run_dir / "predictions.csv", dtype={"case_id": str, "patient_id": str},
+                        keep_default_na=False)
+    frame = frame[(frame["split"] == "test") & (frame[f"{task}_true"] != "")]
+    return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
+            "label": [classes.index(c) for c in frame[f"{task}_true"]],
+            "probs": frame[[f"{task}_prob_{c}" for c in classes]].round(6).to_numpy().tolist()}
+
+
 def reproduce_command(row: dict, seed: int, args: argparse.Namespace) -> str:
     """The one command that repeats this record (same row, seed, device and overrides)."""
     command = ["python", "benchmarks/accuracy.py", "--rows", row["id"], "--seeds", str(seed),
@@ -145,8 +158,16 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         "command": reproduce_command(row, seed, args),
         "train_command": f"dualfuse train {shlex.join(argv)} && dualfuse evaluate {run_dir} "
                          f"--mc-samples {args.mc_samples}",
-        "tasks": {task: task_record(task, dataset, trained, evaluated) for task, dataset in datasets.items()},
+        "tasks": {task: {**task_record(task, dataset, trained, evaluated),
+                         "per_case": test_cases(run_dir, task, config_classes(run_dir, task))}
+                  for task, dataset in datasets.items()},
     }
+
+
+def config_classes(run_dir: Path, task: str) -> list[str]:
+    import json
+
+    return json.loads((run_dir / "model" / "model.json").read_text())["tasks"][task]
 
 
 def record_key(record: dict) -> tuple:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT  # noqa: E402
+from paired import macro_auroc, paired_bootstrap, verdict  # noqa: E402
 
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "brain_mri", "lung_ct")
 HEADER = """# Benchmarks
@@ -219,6 +220,56 @@ SPEED_COLUMNS = (  # header, key, format
 )
 
 
+# Fusion model vs each model it is built from (or fuses like): (A, B) row models, A - B.
+COMPARISONS = (("dcat", "efficientnet_b4"), ("dcat", "resnet18"), ("dcat", "concat_fusion"),
+               ("drifa_net", "resnet18"), ("drifa_net", "concat_fusion"), ("concat_fusion", "resnet18"))
+
+
+def _aligned(a: dict, b: dict) -> tuple[dict, dict, list] | None:
+    """Two runs' test cases in one order, or None when they were not scored on the same cases."""
+    if sorted(a["case_id"]) != sorted(b["case_id"]):
+        return None
+    where = {case: i for i, case in enumerate(b["case_id"])}
+    order = [where[case] for case in a["case_id"]]
+    side_a = {"probs": a["probs"], "label": a["label"]}
+    side_b = {"probs": [b["probs"][i] for i in order], "label": [b["label"][i] for i in order]}
+    groups = a["patient_id"] if all(a["patient_id"]) and len(set(a["patient_id"])) < len(a["patient_id"]) else None
+    return side_a, side_b, groups
+
+
+def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000) -> list[str]:
+    """Test AUC of each fusion model minus that of its backbones / concat fusion, paired over cases."""
+    rows = []
+    for dataset, entries in grouped.items():
+        by_model = {(e["model"], e["device"]): e for e in entries}
+        for (model_a, model_b) in COMPARISONS:
+            for device in DEVICE_LABELS:
+                a, b = by_model.get((model_a, device)), by_model.get((model_b, device))
+                if not a or not b:
+                    continue
+                seeds_a = {r["seed"]: r["numbers"].get("per_case") for r in a["runs"]}
+                seeds_b = {r["seed"]: r["numbers"].get("per_case") for r in b["runs"]}
+                seeds = sorted(s for s in seeds_a if seeds_a[s] and seeds_b.get(s))
+                aligned = [_aligned(seeds_a[s], seeds_b[s]) for s in seeds]
+                if not seeds or any(x is None for x in aligned):
+                    continue
+                diff = paired_bootstrap([(x[0], x[1]) for x in aligned],
+                                        lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
+                                        groups=[x[2] for x in aligned])
+                rows.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model_a} − {model_b} | "
+                            f"{DEVICE_LABELS[device]} | {', '.join(map(str, seeds))} | {diff['delta']:+.3f} "
+                            f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | **{verdict(diff)}** |")
+    if not rows:
+        return []
+    return ["## Does fusion beat its own backbones? (paired)", "",
+            "Test AUC (macro one-vs-rest for several classes) of the first model minus the second, both trained on "
+            "the same split and scored on the same test cases: 95% CI from a paired bootstrap over cases (patients "
+            "where one patient has several cases), pooled over the seeds both have (mean of per-seed differences). "
+            "*win*/*loss* only when the CI excludes 0.", "",
+            "| dataset | comparison | device | seeds | ΔAUC [95% CI] | verdict |", "|---|---|---|---|--:|---|",
+            *rows, ""]
+
+
 def speed_section(speeds: list[dict]) -> list[str]:
     lines = ["## Speed", "",
              "Throughput from the median train-step and forward times (batch of random 3-channel images); peak "
@@ -309,8 +360,9 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
              "(`fusion_drop_rate`, ours); every source gets its own temperature, referral and conformal thresholds "
              "on the run's calibration split and is scored on test. Error AUROC: AUROC of predictive entropy for "
              "wrong vs right; AURC by confidence (lower is better), with the paired difference to the softmax of the "
-             "same model on the same test cases (95% CI from a paired bootstrap over cases, pooled over seeds: "
-             "*win*/*loss* only when the CI excludes 0); ECE (15 bins) and NLL after calibration; LAC conformal "
+             "plain model (the head-dropout run's first member) on the same test cases (95% CI from a paired "
+             "bootstrap over cases, pooled over seeds: *win*/*loss* only when the CI excludes 0; the fusion-dropout "
+             "rows are another trained model, so their difference includes that model's own accuracy); ECE (15 bins) and NLL after calibration; LAC conformal "
              "coverage at a 90% target; OOD AUROC of predictive entropy (far: brain MRI vs chest X-ray, near: adult "
              "TB chest X-ray vs paediatric PneumoniaMNIST); cost: wall time as a multiple of one eval-mode pass, "
              "measured in the same run. Values are mean ± sd over seeds.", ""]
@@ -338,6 +390,13 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
                     f"{_mean_sd_text(entry, 'nll')} | {_mean_sd_text(entry, 'conformal_coverage')} | "
                     f"{_mean_sd_text(entry, 'ood_far_auroc')} | {_mean_sd_text(entry, 'ood_near_auroc')} | "
                     f"{_mean_sd_text(entry, 'cost', 2)} |")
+            softmax = sources.get("softmax", {})
+            distances = [f"{kind} {_mean_sd_text(softmax, f'ood_{kind}_auroc_feature_distance')}"
+                         for kind in ("far", "near") if softmax.get(f"ood_{kind}_auroc_feature_distance")]
+            if distances:
+                lines += ["", "OOD AUROC of the Mahalanobis distance of the fused features instead of an uncertainty "
+                          "(`dualfuse.uncertainty.FeatureDistance`, one model, fitted on the calibration split): "
+                          + ", ".join(distances) + "."]
             below = {s: e["conformal_below_target"] for s, e in sources.items() if e.get("conformal_below_target")}
             if below:
                 lines.append("")
@@ -345,7 +404,8 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
                              + ", ".join(f"{UNCERTAINTY_SOURCES.get(s, s)} {n}" for s, n in below.items()) + ".")
             lines.append("")
         command = next((r["train_command"] for r in records), "")
-        lines += [f"One training command of this file ({run['file']}): `{command}`.", ""]
+        lines += [f"Reproduce ({run['file']}): `DUALFUSE_DATA=../shared/data python benchmarks/uncertainty.py "
+                  f"--seeds 0 1 2 --threads 1`; one of its training commands: `{command}`.", ""]
         if default:
             lines += [f"**Default chosen from it: {UNCERTAINTY_SOURCES.get(default['source'], default['source'])}** "
                       f"({default['reason']}).", ""]
@@ -363,6 +423,7 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
     lines += ["Commands and machines:", ""] + [f"{i}. {c}" for i, c in enumerate(commands, 1)] + [""]
     lines += [f"Note {chr(ord('A') + i)}: {note}" for i, note in enumerate(notes)] + ([""] if notes else [])
     lines += anchor_comparison(grouped)
+    lines += paired_section(grouped)
     if speeds:
         lines += speed_section(speeds)
     if serving:

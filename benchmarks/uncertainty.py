@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, machine, merge_records, read_json, write_json  # noqa: E402
+from paired import N_BOOTSTRAP, binary_auroc, paired_bootstrap, verdict  # noqa: E402
 
 MC_SAMPLES = 30
 MEMBERS = 3
@@ -44,7 +45,6 @@ TTA_VIEWS = 4
 FUSION_DROP_RATE = 0.1
 OOD_CASES = 200
 COST_CASES = 128
-N_BOOTSTRAP = 1000
 COST_LIMIT = 1.5  # the issue's budget for DCAT's default source, in passes
 
 # Every dataset: the shipped CPU config plus the overrides that size it for this benchmark. What the
@@ -149,6 +149,49 @@ def data_root() -> Path:
     from dualfuse.data.paths import data_root as root
 
     return root()
+
+
+def feature_ood(run_dir: Path, ood: dict) -> dict:
+    """OOD AUROC of the Mahalanobis feature distance of the run's first model (`FeatureDistance`,
+    fitted on its calibration split's fused features), test split vs each OOD set."""
+    import torch
+
+    from dualfuse.api.calibration import calibration_split
+    from dualfuse.api.loading import load_model
+    from dualfuse.api.prediction import prediction_loader
+    from dualfuse.explain.embeddings import embed_loader
+    from dualfuse.uncertainty.feature_distance import FeatureDistance
+    from dualfuse.uncertainty.ood import ood_auroc
+
+    loaded = load_model(run_dir, with_members=False)
+    data = loaded.run.datamodule(loaded.spec, loaded.run.config())
+    cal_split, _ = calibration_split(data)
+    (task,) = loaded.spec.tasks
+    cal = data.datasets[cal_split]
+    detector = FeatureDistance().fit(embed_loader(loaded.model, data.eval_dataloader(cal_split), loaded.spec),
+                                     cal.labels(task))
+    inside = detector.score(embed_loader(loaded.model, data.eval_dataloader("test"), loaded.spec))
+    out = {}
+    for kind, (path, split) in ood.items():
+        loader = prediction_loader([str(data_root() / path)], loaded.spec, split=split)
+        picked = np.random.default_rng(0).permutation(len(loader.dataset))[:OOD_CASES]
+        subset = torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, sorted(picked.tolist())),
+                                             batch_size=64)
+        out[kind] = ood_auroc(inside, detector.score(embed_loader(loaded.model, subset, loaded.spec)))
+    return out
+
+
+def fill_feature_ood(records: list[dict], runs_dir: Path) -> bool:
+    """Add the feature-distance OOD AUROCs to each (dataset, seed)'s softmax record that lacks them."""
+    changed = False
+    for record in records:
+        ood = DATASETS[record["dataset"]]["ood"]
+        if record["source"] != "softmax" or "feature_ood" in record or not ood:
+            continue
+        run_dir = runs_dir / record["dataset"] / f"seed{10 * record['seed']}" / "base"
+        record["feature_ood"] = feature_ood(run_dir, ood)
+        changed = True
+    return changed
 
 
 def seconds_of(models, loader, spec, mc_samples: int, seed: int, tta, repeats: int = 3) -> float:
@@ -270,42 +313,13 @@ def _aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
 
 
 def _error_auroc(entropy: np.ndarray, correct: np.ndarray) -> float:
-    """AUROC of entropy for wrong vs right from ranks (Mann-Whitney, ties averaged): the value
-    sklearn's roc_auc_score gives, fast enough for thousands of bootstrap draws."""
-    from scipy.stats import rankdata
-
-    wrong = ~np.asarray(correct, dtype=bool)
-    n_wrong, n_right = int(wrong.sum()), int((~wrong).sum())
-    if not n_wrong or not n_right:
-        return float("nan")
-    ranks = rankdata(entropy)
-    return float((ranks[wrong].sum() - n_wrong * (n_wrong + 1) / 2) / (n_wrong * n_right))
+    """AUROC of entropy for telling wrong from right (ranks: sklearn's value, fast for the bootstrap)."""
+    return binary_auroc(entropy, ~np.asarray(correct, dtype=bool))
 
 
 def paired_difference(records: list[dict], statistic, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
-    """Mean over seeds of (source - softmax) for `statistic(per_case)`, with a 95% CI from a paired
-    bootstrap over test cases within each seed (the same resampled cases for both)."""
-    rng = np.random.default_rng(seed)
-    pairs = [({k: np.asarray(v) for k, v in r["per_case"].items()},
-              {k: np.asarray(v) for k, v in r["reference_per_case"].items()}) for r in records]
-    point = float(np.mean([statistic(a) - statistic(b) for a, b in pairs]))
-    draws = []
-    for _ in range(n_bootstrap):
-        deltas = []
-        for a, b in pairs:
-            idx = rng.integers(0, len(a["correct"]), len(a["correct"]))
-            deltas.append(statistic({k: v[idx] for k, v in a.items()}) - statistic({k: v[idx] for k, v in b.items()}))
-        draws.append(np.nanmean(deltas))
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return {"delta": point, "ci_low": float(low), "ci_high": float(high), "seeds": len(records)}
-
-
-def verdict(difference: dict, lower_is_better: bool) -> str:
-    if difference["ci_low"] > 0:
-        return "loss" if lower_is_better else "win"
-    if difference["ci_high"] < 0:
-        return "win" if lower_is_better else "loss"
-    return "tie"
+    """Mean over seeds of (source - softmax) for `statistic(per_case)`, with a paired 95% CI."""
+    return paired_bootstrap([(r["per_case"], r["reference_per_case"]) for r in records], statistic, n_bootstrap, seed)
 
 
 def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> dict:
@@ -325,6 +339,11 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> dict:
                     entry[key] = {"mean": float(np.mean(values)),
                                   "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
             entry["conformal_below_target"] = sum(bool(r["conformal_below_target"]) for r in rows)
+            for kind in ("far", "near"):
+                values = [r["feature_ood"][kind] for r in rows if kind in r.get("feature_ood", {})]
+                if values:
+                    entry[f"ood_{kind}_auroc_feature_distance"] = {
+                        "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
             if source != "softmax":
                 aurc_diff = paired_difference(rows, lambda c: _aurc(c["confidence"], c["correct"]), n_bootstrap)
                 ratio = [r["aurc"] / s["aurc"] for r in rows for s in records
@@ -390,6 +409,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "benchmarks" / "runs" / "uncertainty")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--summary-only", action="store_true", help="recompute the summary from --out and print it")
+    parser.add_argument("--feature-ood", action="store_true",
+                        help="with --summary-only: still add missing feature-distance OOD AUROCs (needs the runs)")
     return parser.parse_args(argv)
 
 
@@ -414,6 +435,10 @@ def main(argv=None) -> int:
                 write_json(args.out, {"benchmark": "uncertainty", "records": records, "summary": summary,
                                       "default": choose_default(summary)})
                 print(f"{dataset} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    if not args.summary_only or args.feature_ood:
+        fill_feature_ood(records, args.runs_dir)
+    for record in records:  # commands as a user types them, from the repository root
+        record["train_command"] = record["train_command"].replace(f"{REPO_ROOT}/", "")
     summary = summarise(records)
     default = choose_default(summary)
     write_json(args.out, {"benchmark": "uncertainty", "records": records, "summary": summary, "default": default})

@@ -241,7 +241,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
                        mc_samples=args.mc_samples, ensemble=args.ensemble, target_accuracy=args.target_accuracy,
                        target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood, tta=args.tta,
-                       partners=args.partners)
+                       partners=args.partners, calibrate=args.calibrate)
     _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
     if "uncertainty" in summary:
         _print_uncertainty(summary)
@@ -316,21 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_cmd_models)
 
-    train = commands.add_parser(
-        "train", add_help=False, help="train a model from a YAML config, then evaluate it with confidence intervals",
-        description="All arguments go to the run config parser: --config FILE, --output DIR, --resume, and dotted "
-        "overrides such as --train.epochs 3 (see `dualfuse train --help`).",
-    )
-    train.add_argument("args", nargs=argparse.REMAINDER)
-    train.set_defaults(handler=_cmd_train)
-
-    cv = commands.add_parser(
-        "cv", add_help=False, help="K-fold cross-validation grouped by patient; the folder becomes a K-model ensemble",
-        description="--folds K [--repeats R] [--test-fraction F], then the run config's arguments: --config FILE, "
-        "--output DIR and dotted overrides. Running the same command again continues at the fold it stopped in.",
-    )
-    cv.add_argument("args", nargs=argparse.REMAINDER)
-    cv.set_defaults(handler=_cmd_cv)
+    passthrough = {  # every argument goes on to the run-config parser (cv's own options first)
+        "train": (_cmd_train, "train a model from a YAML config, then evaluate it with confidence intervals",
+                  "All arguments go to the run config parser: --config FILE, --output DIR, --resume, and dotted "
+                  "overrides such as --train.epochs 3 (see `dualfuse train --help`)."),
+        "cv": (_cmd_cv, "K-fold cross-validation grouped by patient; the folder becomes a K-model ensemble",
+               "--folds K [--repeats R] [--test-fraction F], then the run config's arguments: --config FILE, "
+               "--output DIR and dotted overrides. Running the same command again continues at the fold it stopped in."),
+    }
+    for name, (handler, summary, description) in passthrough.items():
+        command = commands.add_parser(name, add_help=False, help=summary, description=description)
+        command.add_argument("args", nargs=argparse.REMAINDER)
+        command.set_defaults(handler=handler)
 
     evaluate = commands.add_parser("evaluate", help="metrics with confidence intervals for a trained model")
     evaluate.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")
@@ -349,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test-time augmentation views per case (default 1: none); small shifts, flips only "
                           "where training used them")
     evaluate.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
+    evaluate.add_argument("--calibrate", action="store_true",
+                          help="calibrate the softmax (temperature, referral and conformal thresholds on the "
+                               "calibration split) even without --mc-samples: the measured default source")
     evaluate.add_argument("--ood", metavar="DATA", help="another dataset (.npz or folder) to test OOD detection on")
     evaluate.add_argument("--partners", type=_non_negative, default=None, metavar="K",
                           help="zip-mode models: predict each image beside K partner images of the other modalities "

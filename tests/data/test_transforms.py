@@ -171,3 +171,27 @@ def test_on_real_non_square_ct(data_root):
     narrow = next(i for i, r in enumerate(dataset.records) if Image.open(r.images["image"].path).size != (256, 256))
     sample = dataset[narrow]
     assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.float32
+
+
+def test_medical_trivial_augment_keeps_to_label_preserving_operations():
+    from dualfuse.data.transforms import AugmentConfig, MedicalTrivialAugment, build_transform
+
+    grey, colour = MedicalTrivialAugment(colour=False), MedicalTrivialAugment(colour=True)
+    forbidden = {"Posterize", "Solarize", "Equalize"}
+    assert not forbidden & set(grey._AUGMENTATION_SPACE) and not forbidden & set(colour._AUGMENTATION_SPACE)
+    assert "Color" not in grey._AUGMENTATION_SPACE and "Color" in colour._AUGMENTATION_SPACE
+    rotate, _ = grey._AUGMENTATION_SPACE["Rotate"]
+    assert float(rotate(31, 32, 32).max()) == 15.0
+    torch.manual_seed(0)
+    image = torch.rand(1, 32, 32)
+    outputs = [grey(image) for _ in range(40)]
+    assert all(o.shape == image.shape and 0 <= float(o.min()) and float(o.max()) <= 1 for o in outputs)
+    assert sum(not torch.equal(o, image) for o in outputs) > 20  # it does augment
+    pipeline = build_transform(32, in_chans=1, normalize=None, train=True,
+                               augment=AugmentConfig(crop_scale=None, rotation=0, translate=0, scale=(1.0, 1.0),
+                                                     brightness=0, contrast=0, policy="trivial"))
+    assert any(isinstance(op, MedicalTrivialAugment) for op in pipeline.transforms)
+    eval_pipeline = build_transform(32, in_chans=1, normalize=None, train=False, augment=AugmentConfig(policy="trivial"))
+    assert torch.equal(eval_pipeline(image), eval_pipeline(image))
+    with pytest.raises(ValueError, match="data.augment.policy must be one of"):
+        AugmentConfig(policy="randaugment-imagenet")

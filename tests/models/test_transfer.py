@@ -170,3 +170,22 @@ def test_fine_tuning_run_starts_from_the_source_run(data_root, tmp_path):
     trunk = [n for n, _ in a.named_parameters() if n not in heads]
     assert all(torch.equal(first_state[n], second_state[n]) for n in trunk)
     assert any(not torch.equal(first_state[n], second_state[n]) for n in heads)
+
+
+def test_multitask_heads_load_per_task_by_class_list(tmp_path):
+    """DRIFA-Net heads: the task with the same classes loads, the task with other classes starts fresh."""
+    def drifa(tasks: dict[str, list[str]]) -> ModelSpec:
+        return ModelSpec(name="drifa_net", kwargs={"in_chans": 1, "modalities": ["mri", "xray"],
+                                                   "num_classes": {t: len(c) for t, c in tasks.items()}},
+                         tasks=tasks, modalities=["mri", "xray"],
+                         preprocessing=Preprocessing(img_size=32, resize="resize", normalize="zscore",
+                                                     in_chans={"mri": 1, "xray": 1}),
+                         task_modality={"mri_label": "mri", "xray_label": "xray"})
+
+    source = drifa({"mri_label": ["a", "b", "c", "d"], "xray_label": ["normal", "pneumonia"]})
+    torch.manual_seed(4)
+    save_model(tmp_path, source.build(), source)
+    target = drifa({"mri_label": ["a", "b", "c", "d"], "xray_label": ["normal", "tuberculosis"]})
+    report = transfer_weights(target.build(), target, tmp_path)
+    assert {n.split(".")[1] for n in report.new} == {"xray_label"}
+    assert any(n.startswith("heads.mri_label.") for n in report.loaded)

@@ -64,7 +64,7 @@ def evaluate_datamodule(models: list, spec: ModelSpec, data: ClassificationDataM
 def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: list[str] | None = None,
              output: str | Path | None = None, mc_samples: int = 0, ensemble: list[str] | None = None,
              target_accuracy: float | None = None, target_coverage: float | None = None, alpha: float = 0.1,
-             ood: str | None = None, tta: int = 1, partners: int | None = None) -> dict:
+             ood: str | None = None, tta: int = 1, partners: int | None = None, calibrate: bool = False) -> dict:
     """Evaluate a saved model on its run's splits (or the data of `config`), with confidence intervals.
 
     `tta` A > 1 adds test-time augmentation views (small shifts; flips only where the training
@@ -74,9 +74,11 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     partner images per other modality from the training split and averaged over them; 0 keeps each
     split's single zip pairing. Test-time augmentation does not combine with zip mode.
 
-    With MC samples or several members (the run's own `members/` and `ensemble`), every predictor
-    they support (softmax, MC, ensemble, ensemble x MC) is calibrated on the calibration split and
-    compared, and the calibration of all of them is stored beside the model for `predict`. Writes
+    With `calibrate` (the calibrated softmax: the default uncertainty source, see
+    benchmarks/uncertainty.py), MC samples or several members (the run's own `members/` and
+    `ensemble`), every predictor the predictions support (softmax, MC, ensemble, ensemble x MC) is
+    calibrated on the calibration split and compared, and the calibration of all of them is stored
+    beside the model for `predict`. Writes
     `metrics.json` and `predictions.csv` to `output` (default: `RUN_DIR/evaluation`).
     """
     loaded = load_model(checkpoint, expected_model=config.model.name if config else None)
@@ -97,8 +99,8 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     tta_config = TTAConfig(views=tta, translate=float(augment.get("translate", 0.05)),
                            hflip=float(augment.get("hflip_prob", 0.0)) > 0,
                            vflip=float(augment.get("vflip_prob", 0.0)) > 0) if tta > 1 else None
-    calibrating = bool(mc_samples) or len(members) > 1 or tta > 1 or partners > 1
     cal_split, cal_note = calibration_split(data)
+    calibrating = calibrate or bool(mc_samples) or len(members) > 1 or tta > 1 or partners > 1
     metrics, frame, raw = evaluate_datamodule(members, spec, data, config, mc_samples=mc_samples,
                                               extra_splits=("val", cal_split) if calibrating else (), tta=tta_config,
                                               partners=partners)

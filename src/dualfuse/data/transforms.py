@@ -21,6 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "AugmentConfig",
+    "MedicalTrivialAugment",
     "AdaptChannels",
     "ToUnitRange",
     "PerImageNormalize",
@@ -57,6 +58,48 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     hflip_prob: float = 0.0  # off: laterality matters (chest X-ray, brain lesions by hemisphere)
     vflip_prob: float = 0.0
+    # "trivial": TrivialAugment over operations valid for medical images only (`MedicalTrivialAugment`),
+    # applied after the affine and before normalisation; None: off.
+    policy: str | None = None
+
+    def __post_init__(self):
+        if self.policy not in AUGMENT_POLICIES:
+            raise ValueError(f"data.augment.policy must be one of {list(AUGMENT_POLICIES)}, got {self.policy!r}")
+
+
+AUGMENT_POLICIES = (None, "trivial")
+
+
+def _bins(high: float):
+    return lambda num_bins, height, width: torch.linspace(0.0, high, num_bins)
+
+
+class MedicalTrivialAugment(v2.TrivialAugmentWide):
+    """TrivialAugment (one random operation at a random strength per image) restricted to what keeps
+    a medical image's label: small shears, shifts and rotations (at most 0.15, 10% of the side and
+    15 degrees, where the ImageNet space goes to 0.99, 32 px and 135), mild brightness, contrast and
+    sharpness, autocontrast; saturation only for colour images (dermoscopy, pap smear), never on grey
+    scans; never posterize, solarize or equalize, which invent intensities a scanner never shows.
+    Flips stay the separate, anatomy-dependent `hflip_prob` / `vflip_prob`."""
+
+    def __init__(self, colour: bool, num_magnitude_bins: int = 31):
+        super().__init__(num_magnitude_bins=num_magnitude_bins, interpolation=v2.InterpolationMode.BILINEAR)
+        self.colour = colour
+        space = {
+            "Identity": (lambda num_bins, height, width: None, False),
+            "ShearX": (_bins(0.15), True), "ShearY": (_bins(0.15), True),
+            "TranslateX": (lambda num_bins, height, width: torch.linspace(0.0, 0.1 * width, num_bins), True),
+            "TranslateY": (lambda num_bins, height, width: torch.linspace(0.0, 0.1 * height, num_bins), True),
+            "Rotate": (_bins(15.0), True),
+            "Brightness": (_bins(0.3), True), "Contrast": (_bins(0.3), True), "Sharpness": (_bins(0.3), True),
+            "AutoContrast": (lambda num_bins, height, width: None, False),
+        }
+        if colour:
+            space["Color"] = (_bins(0.3), True)
+        self._AUGMENTATION_SPACE = space
+
+    def extra_repr(self) -> str:
+        return f"colour={self.colour}, operations={list(self._AUGMENTATION_SPACE)}"
 
 
 class ToUnitRange(torch.nn.Module):
@@ -181,7 +224,7 @@ def _resize_ops(img_size: int, resize: str) -> list[torch.nn.Module]:
     raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
 
 
-def _augment_ops(img_size: int, augment: AugmentConfig) -> list[torch.nn.Module]:
+def _augment_ops(img_size: int, augment: AugmentConfig, in_chans: int = 3) -> list[torch.nn.Module]:
     ops: list[torch.nn.Module] = []
     if augment.crop_scale is not None:
         ops.append(v2.RandomResizedCrop(img_size, scale=augment.crop_scale, ratio=augment.crop_ratio, antialias=True))
@@ -198,6 +241,8 @@ def _augment_ops(img_size: int, augment: AugmentConfig) -> list[torch.nn.Module]
         ops.append(v2.RandomHorizontalFlip(augment.hflip_prob))
     if augment.vflip_prob:
         ops.append(v2.RandomVerticalFlip(augment.vflip_prob))
+    if augment.policy == "trivial":
+        ops.append(MedicalTrivialAugment(colour=in_chans == 3))
     if augment.brightness or augment.contrast:
         ops.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
     if augment.blur_prob:
@@ -225,7 +270,7 @@ def build_transform(
     mean_std = resolve_mean_std(normalize, in_chans)
     ops: list[torch.nn.Module] = [ToUnitRange(), AdaptChannels(in_chans), *_resize_ops(img_size, resize)]
     if train:
-        ops += _augment_ops(img_size, augment or AugmentConfig())
+        ops += _augment_ops(img_size, augment or AugmentConfig(), in_chans)
     if mean_std is not None:
         ops.append(v2.Normalize(*mean_std))
     elif normalize is not None:

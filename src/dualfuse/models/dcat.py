@@ -83,7 +83,7 @@ class DCAT(SingleHeadModel):
             to the deepest scale, concatenate channels, 1x1 conv, avg+max pool).
         head_hidden, drop_rate: head width and dropout probability (MC dropout uses these).
         fusion_drop_rate: dropout probability on each scale's refined fusion map [ours], in [0, 1);
-            0 (default) keeps all dropout in the head as in the paper, > 0 makes MC dropout sample
+            0 (default) keeps all dropout in the head, where the paper puts it; > 0 makes MC dropout sample
             the fusion too (see 5. above).
         min_input_size: shorter sides below this are upsampled first.
     """

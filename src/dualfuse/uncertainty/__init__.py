@@ -11,6 +11,7 @@ from dualfuse.uncertainty.calibration import (
 )
 from dualfuse.uncertainty.conformal import conformal_report, conformal_scores, conformal_threshold, prediction_sets
 from dualfuse.uncertainty.ensemble import ensemble_mc_logits, ensemble_mc_probs
+from dualfuse.uncertainty.feature_distance import FeatureDistance
 from dualfuse.uncertainty.mc_dropout import (
                                               enable_mc_dropout,
                                               mc_logits,
@@ -31,6 +32,7 @@ from dualfuse.uncertainty.selective import (
 
 __all__ = [
     "MEASURES",
+    "FeatureDistance",
     "accuracy_at_coverage",
     "adaptive_calibration_error",
     "apply_temperature",

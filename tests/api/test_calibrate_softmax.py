@@ -1,0 +1,27 @@
+"""`evaluate --calibrate`: the softmax gets its own temperature, referral and conformal thresholds, no MC."""
+from __future__ import annotations
+
+import json
+
+from conftest import breast_args
+
+from dualfuse.api import evaluate, predict, train
+from dualfuse.cli import main
+from dualfuse.config import parse_run_args
+
+
+def test_calibrated_softmax_is_stored_and_used_by_predict(data_root, tmp_path, capsys):
+    config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", "--train.epochs", "1",
+                                           "--train.limit_train_batches", "2"))
+    train(config)
+    evaluate(tmp_path / "run", output=tmp_path / "plain")
+    assert not (tmp_path / "run" / "model" / "uncertainty.json").exists()  # plain evaluate stores nothing
+    assert main(["evaluate", str(tmp_path / "run"), "--calibrate", "--output", str(tmp_path / "cal")]) == 0
+    assert "uncertainty: softmax, calibrated on the cal split" in capsys.readouterr().out
+    stored = json.loads((tmp_path / "run" / "model" / "uncertainty.json").read_text())
+    assert stored["default"] == "1x0" and set(stored["predictors"]) == {"1x0"}
+    frame = predict(tmp_path / "run", [str(data_root / "medmnist" / "breastmnist.npz")], tmp_path / "p.csv",
+                    split="test")
+    assert {"label_refer", "label_set"} <= set(frame.columns) and "label_mutual_information" not in frame
+    metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    assert metrics["predictor"] == "1x0" and metrics["mc_samples"] == 0

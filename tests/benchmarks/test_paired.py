@@ -1,0 +1,68 @@
+"""Paired comparisons (benchmarks/paired.py) and the docs' "does fusion beat its backbones" table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tests.benchmarks.test_make_docs import _load, _record
+
+
+@pytest.fixture(scope="module")
+def paired():
+    return _load("paired")
+
+
+def test_rank_aurocs_equal_sklearn(paired):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    probs = np.round(probs, 2)  # ties
+    expected = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in range(3)])  # sklearn's macro OvR
+    assert paired.macro_auroc(probs, labels) == pytest.approx(expected, abs=1e-12)
+    assert paired.binary_auroc(probs[:, 1], labels == 1) == pytest.approx(roc_auc_score(labels == 1, probs[:, 1]))
+
+
+def test_group_resampling_keeps_a_patients_cases_together(paired):
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 3)
+    idx = paired._resample(rng, groups, len(groups))
+    chosen = groups[idx]
+    assert all((chosen == g).sum() % 3 == 0 for g in np.unique(chosen))
+
+
+def _per_case(rng, labels, skill):
+    """Probabilities whose ranking of the positives improves with `skill`."""
+    logits = skill * (labels * 2 - 1) + rng.normal(size=len(labels))
+    p = 1 / (1 + np.exp(-logits))
+    return np.c_[1 - p, p]
+
+
+def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_path: Path):
+    make_docs = _load("make_docs")
+    rng = np.random.default_rng(1)
+    records = []
+    for seed in (0, 1, 2):
+        labels = rng.integers(0, 2, 400)
+        cases = [f"case{i}" for i in range(400)]
+        for row, model, skill in (("p-dcat", "dcat", 1.5), ("p-resnet18", "resnet18", 0.5),
+                                  ("p-concat_fusion", "concat_fusion", 1.5)):
+            record = _record(row, model, seed, "pneumoniamnist", 0.9, 0.85)
+            probs = _per_case(np.random.default_rng(seed) if model != "resnet18" else rng, labels, skill)
+            order = np.random.default_rng(seed + 10).permutation(400) if model == "resnet18" else np.arange(400)
+            record["tasks"]["label"]["per_case"] = {  # another row order: cases are matched by id
+                "case_id": [cases[i] for i in order], "patient_id": [cases[i] for i in order],
+                "label": labels[order].tolist(), "probs": probs[order].tolist()}
+            records.append(record)
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
+    out = tmp_path / "benchmarks.md"
+    assert make_docs.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Does fusion beat its own backbones? (paired)" in text
+    dcat_vs_resnet = next(line for line in text.splitlines() if "dcat − resnet18" in line)
+    assert "**win**" in dcat_vs_resnet and "| 0, 1, 2 |" in dcat_vs_resnet
+    dcat_vs_concat = next(line for line in text.splitlines() if "dcat − concat_fusion" in line)
+    assert "+0.000 [+0.000, +0.000] | **tie**" in dcat_vs_concat  # identical predictions: exactly zero
