@@ -288,7 +288,6 @@ def run_cell(dataset: str, seed: int, args: argparse.Namespace, known_costs: dic
     records = []
     for source, plan, key, label in SOURCES:
         variant = plans[plan][0]
-        reference = arrays[("base", "1x0")]  # every source against the plain model's softmax, same cases
         info = trained[variant][1]
         records.append({
             "dataset": dataset, "seed": seed, "source": source, "predictor": key, "label": label, "run": variant,
@@ -298,8 +297,8 @@ def run_cell(dataset: str, seed: int, args: argparse.Namespace, known_costs: dic
             "max_train_cases": info["max_train_cases"], "train_seconds": info["train_seconds"],
             "members_trained": MEMBERS if variant == "base" else 1,
             **scored[(plan, key)], "cost": costs[(plan, key)] / one_pass, "cost_measured": not known_costs,
-            "per_case": {k: v.tolist() for k, v in arrays[(plan, key)].items()},
-            "reference_per_case": {k: v.tolist() for k, v in reference.items()},
+            "per_case": {k: np.round(v, 7).tolist() if v.dtype.kind == "f" else v.tolist()
+                         for k, v in arrays[(plan, key)].items()},
             "train_command": "dualfuse train " + " ".join(trained[variant][1]["argv"]),
             **machine("cpu"),
         })
@@ -317,9 +316,17 @@ def _error_auroc(entropy: np.ndarray, correct: np.ndarray) -> float:
     return binary_auroc(entropy, ~np.asarray(correct, dtype=bool))
 
 
-def paired_difference(records: list[dict], statistic, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
-    """Mean over seeds of (source - softmax) for `statistic(per_case)`, with a paired 95% CI."""
-    return paired_bootstrap([(r["per_case"], r["reference_per_case"]) for r in records], statistic, n_bootstrap, seed)
+def paired_difference(pairs: list[tuple[dict, dict]], statistic, n_bootstrap: int = N_BOOTSTRAP,
+                      seed: int = 0) -> dict:
+    """Mean over seeds of (source - softmax) for `statistic(per_case)`, with a paired 95% CI; `pairs`
+    holds one (source's per-case arrays, the softmax's) per seed."""
+    return paired_bootstrap(pairs, statistic, n_bootstrap, seed)
+
+
+def reference_pairs(rows: list[dict], records: list[dict]) -> list[tuple[dict, dict]]:
+    """Each row's per-case arrays beside those of the plain softmax of the same dataset and seed."""
+    softmax = {(r["dataset"], r["seed"]): r["per_case"] for r in records if r["source"] == "softmax"}
+    return [(r["per_case"], softmax[(r["dataset"], r["seed"])]) for r in rows]
 
 
 def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> dict:
@@ -345,11 +352,12 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> dict:
                     entry[f"ood_{kind}_auroc_feature_distance"] = {
                         "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
             if source != "softmax":
-                aurc_diff = paired_difference(rows, lambda c: _aurc(c["confidence"], c["correct"]), n_bootstrap)
+                pairs = reference_pairs(rows, records)
+                aurc_diff = paired_difference(pairs, lambda c: _aurc(c["confidence"], c["correct"]), n_bootstrap)
                 ratio = [r["aurc"] / s["aurc"] for r in rows for s in records
                          if s["dataset"] == dataset and s["seed"] == r["seed"] and s["source"] == "softmax"
                          and s["aurc"] > 0]
-                auroc_diff = paired_difference(rows, lambda c: _error_auroc(c["entropy"], c["correct"]), n_bootstrap)
+                auroc_diff = paired_difference(pairs, lambda c: _error_auroc(c["entropy"], c["correct"]), n_bootstrap)
                 entry["aurc_vs_softmax"] = {**aurc_diff, "verdict": verdict(aurc_diff, lower_is_better=True),
                                             "ratio_mean": float(np.mean(ratio)) if ratio else None}
                 entry["error_auroc_vs_softmax"] = {**auroc_diff, "verdict": verdict(auroc_diff, lower_is_better=False)}
@@ -439,6 +447,9 @@ def main(argv=None) -> int:
         fill_feature_ood(records, args.runs_dir)
     for record in records:  # commands as a user types them, from the repository root
         record["train_command"] = record["train_command"].replace(f"{REPO_ROOT}/", "")
+        record.pop("reference_per_case", None)  # the softmax record of the same seed holds it
+        record["per_case"] = {k: [round(x, 7) if isinstance(x, float) else x for x in v]
+                              for k, v in record["per_case"].items()}
     summary = summarise(records)
     default = choose_default(summary)
     write_json(args.out, {"benchmark": "uncertainty", "records": records, "summary": summary, "default": default})
