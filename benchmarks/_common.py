@@ -29,6 +29,7 @@ DATASET_NAMES = {
     "breastmnist": "BreastMNIST",
     "brain_mri": "Brain tumor MRI (4 classes)",
     "lung_ct": "Lung CT IQ-OTH/NCCD (3 classes)",
+    "tb": "TB chest X-ray (Shenzhen + Montgomery)",
 }
 
 

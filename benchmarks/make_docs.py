@@ -365,7 +365,8 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
              "rows are another trained model, so their difference includes that model's own accuracy); ECE (15 bins) and NLL after calibration; LAC conformal "
              "coverage at a 90% target; OOD AUROC of predictive entropy (far: brain MRI vs chest X-ray, near: adult "
              "TB chest X-ray vs paediatric PneumoniaMNIST); cost: wall time as a multiple of one eval-mode pass, "
-             "measured in the same run. Values are mean ± sd over seeds.", ""]
+             "measured in the same run on each dataset's first seed (on a 2-core machine shared with other jobs: "
+             "read ratios to about ±0.3). Values are mean ± sd over seeds.", ""]
     for run in runs:
         records, summary, default = run["records"], run["summary"], run.get("default")
         for dataset, sources in summary.items():

@@ -84,6 +84,12 @@ def test_default_is_the_winner_within_the_cost_budget_else_softmax(bench):
     expensive = bench.choose_default(bench.summarise(_records(bench, "mc_head", cost=bench.COST_LIMIT + 1), 100))
     assert expensive["source"] == "softmax" and "mc_head" not in expensive["candidates"]
     assert bench.choose_default(bench.summarise(_records(bench, "softmax"), 100))["source"] == "softmax"
+    # One win and one loss is no reason to leave the one-pass softmax.
+    mixed = [r for r in _records(bench, "mc_head") if r["dataset"] == "tb"] + \
+        [r for r in _records(bench, "softmax") if r["dataset"] == "pneumoniamnist"]
+    chosen = bench.choose_default(bench.summarise(mixed, 100))
+    assert chosen["candidates"]["mc_head"]["wins"] == chosen["candidates"]["mc_head"]["losses"] == 1
+    assert chosen["source"] == "softmax"
 
 
 def test_docs_render_the_uncertainty_section_with_the_paired_cis(bench, tmp_path: Path):
