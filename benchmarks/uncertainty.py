@@ -116,7 +116,6 @@ def predictions_of(run_dir: Path, members: int, mc_samples: int, views: int, ood
     from dualfuse.api.calibration import calibration_split
     from dualfuse.api.evaluation import evaluate_datamodule
     from dualfuse.api.loading import load_model
-    from dualfuse.api.prediction import prediction_loader
     from dualfuse.evaluation.predictions import predict_loader
     from dualfuse.uncertainty.tta import TTAConfig
 
@@ -132,17 +131,23 @@ def predictions_of(run_dir: Path, members: int, mc_samples: int, views: int, ood
     models = loaded.members[:members]
     _, _, raw = evaluate_datamodule(models, loaded.spec, data, config, mc_samples=mc_samples,
                                     extra_splits=(cal_split,), tta=tta)
-    outside = {}
-    for kind, (path, split) in ood.items():
-        loader = prediction_loader([str(data_root() / path)], loaded.spec, split=split)
-        picked = np.random.default_rng(0).permutation(len(loader.dataset))[:OOD_CASES]
-        subset = torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, sorted(picked.tolist())),
-                                             batch_size=64)
-        outside[kind] = predict_loader(models, subset, loaded.spec, "cpu", mc_samples, config.train.seed, tta=tta)
+    outside = {kind: predict_loader(models, ood_loader(path, split, loaded.spec), loaded.spec, "cpu", mc_samples,
+                                    config.train.seed, tta=tta) for kind, (path, split) in ood.items()}
     cost_loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(data.datasets["test"], range(min(COST_CASES, len(data.datasets["test"])))),
         batch_size=COST_CASES)
     return loaded, raw, cal_split, cal_note, outside, cost_loader, tta
+
+
+def ood_loader(path: str, split: str | None, spec):
+    """`OOD_CASES` images of another dataset (a fixed draw), preprocessed as the model's own data."""
+    import torch
+
+    from dualfuse.api.prediction import prediction_loader
+
+    loader = prediction_loader([str(data_root() / path)], spec, split=split)
+    picked = np.random.default_rng(0).permutation(len(loader.dataset))[:OOD_CASES]
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, sorted(picked.tolist())), batch_size=64)
 
 
 def data_root() -> Path:
@@ -154,11 +159,9 @@ def data_root() -> Path:
 def feature_ood(run_dir: Path, ood: dict) -> dict:
     """OOD AUROC of the Mahalanobis feature distance of the run's first model (`FeatureDistance`,
     fitted on its calibration split's fused features), test split vs each OOD set."""
-    import torch
 
     from dualfuse.api.calibration import calibration_split
     from dualfuse.api.loading import load_model
-    from dualfuse.api.prediction import prediction_loader
     from dualfuse.explain.embeddings import embed_loader
     from dualfuse.uncertainty.feature_distance import FeatureDistance
     from dualfuse.uncertainty.ood import ood_auroc
@@ -171,14 +174,9 @@ def feature_ood(run_dir: Path, ood: dict) -> dict:
     detector = FeatureDistance().fit(embed_loader(loaded.model, data.eval_dataloader(cal_split), loaded.spec),
                                      cal.labels(task))
     inside = detector.score(embed_loader(loaded.model, data.eval_dataloader("test"), loaded.spec))
-    out = {}
-    for kind, (path, split) in ood.items():
-        loader = prediction_loader([str(data_root() / path)], loaded.spec, split=split)
-        picked = np.random.default_rng(0).permutation(len(loader.dataset))[:OOD_CASES]
-        subset = torch.utils.data.DataLoader(torch.utils.data.Subset(loader.dataset, sorted(picked.tolist())),
-                                             batch_size=64)
-        out[kind] = ood_auroc(inside, detector.score(embed_loader(loaded.model, subset, loaded.spec)))
-    return out
+    return {kind: ood_auroc(inside, detector.score(embed_loader(loaded.model, ood_loader(path, split, loaded.spec),
+                                                                 loaded.spec)))
+            for kind, (path, split) in ood.items()}
 
 
 def fill_feature_ood(records: list[dict], runs_dir: Path) -> bool:
