@@ -160,23 +160,23 @@ def load_model(path: PathLike, expected_model: str | None = None) -> tuple[nn.Mo
     path = Path(os.fspath(path))
     if path.is_dir() or path.suffix == ".safetensors":
         weights_file = path / WEIGHTS_NAME if path.is_dir() else path
-        state_dict = _read_safetensors(weights_file)
-        spec = _read_spec(path / SPEC_NAME if path.is_dir() else _spec_beside(path))
+        state_dict = read_safetensors(weights_file)
+        spec = read_spec(path / SPEC_NAME if path.is_dir() else spec_beside(path))
     else:
         weights_file = path
-        spec, state_dict = _read_lightning_checkpoint(path)
+        spec, state_dict = read_lightning_checkpoint(path)
     _check_finite(state_dict, weights_file)
     model = _build_model(spec, weights_file, expected_model)
     _load_state_dict(model, state_dict, weights_file, spec.name)
     return model.eval(), spec
 
 
-def _spec_beside(weights_file: Path) -> Path:
+def spec_beside(weights_file: Path) -> Path:
     same_stem = weights_file.with_suffix(".json")
     return same_stem if same_stem.is_file() else weights_file.with_name(SPEC_NAME)
 
 
-def _read_spec(path: Path) -> ModelSpec:
+def read_spec(path: Path) -> ModelSpec:
     try:
         return ModelSpec.from_json(path)
     except SpecError as error:
@@ -192,7 +192,7 @@ def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
                               "the model was not loaded (training diverged, or the file is damaged)")
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     path = _existing_file(path)
     try:
         return safetensors.torch.load_file(path, device="cpu")
@@ -201,7 +201,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                               f"{_first_line(error)}") from error
 
 
-def _read_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+def read_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")

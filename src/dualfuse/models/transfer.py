@@ -23,11 +23,11 @@ from dualfuse.models.saved import (
     SPEC_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    _read_lightning_checkpoint,
-    _read_safetensors,
-    _read_spec,
-    _spec_beside,
     load_weights_only,
+    read_lightning_checkpoint,
+    read_safetensors,
+    read_spec,
+    spec_beside,
 )
 from dualfuse.models.spec import ModelSpec
 
@@ -95,13 +95,13 @@ def read_source_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
             raise CheckpointError(f"model.init_from: {path} holds no {WEIGHTS_NAME} (nor model/{WEIGHTS_NAME}); "
                                   "give a run folder, a model folder or a weights file")
         spec_file = folder / SPEC_NAME
-        return _read_safetensors(folder / WEIGHTS_NAME), _read_spec(spec_file) if spec_file.is_file() else None
+        return read_safetensors(folder / WEIGHTS_NAME), read_spec(spec_file) if spec_file.is_file() else None
     if path.suffix == ".safetensors":
-        spec_file = _spec_beside(path)
-        return _read_safetensors(path), _read_spec(spec_file) if spec_file.is_file() else None
+        spec_file = spec_beside(path)
+        return read_safetensors(path), read_spec(spec_file) if spec_file.is_file() else None
     loaded = load_weights_only(path)
     if isinstance(loaded, Mapping) and "state_dict" in loaded and "hyper_parameters" in loaded:
-        spec, state = _read_lightning_checkpoint(path)
+        spec, state = read_lightning_checkpoint(path)
         return state, spec
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
