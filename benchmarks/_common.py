@@ -24,13 +24,30 @@ ANCHORS = (
 )
 ANCHOR_SOURCE = "MedMNIST v2 (Yang et al., Sci. Data 2023), Table 3, official test split"
 
+# Issue 15's accuracy targets: the mean over seeds of one model's test metric on one dataset, at most
+# `max_px` input pixels (the size the target is stated for).
+TARGETS = (
+    {"dataset": "pneumoniamnist", "model": "dcat", "metric": "auc", "target": 0.975, "max_px": 32},
+    {"dataset": "pneumoniamnist", "model": "dcat", "metric": "acc", "target": 0.92, "max_px": 32},
+    {"dataset": "breastmnist", "model": "dcat", "metric": "auc", "target": 0.91, "max_px": 32},
+    {"dataset": "breastmnist", "model": "dcat", "metric": "acc", "target": 0.87, "max_px": 32},
+    {"dataset": "brain_mri", "model": "dcat", "metric": "acc", "target": 0.96, "max_px": 64},
+)
+
 DATASET_NAMES = {
     "pneumoniamnist": "PneumoniaMNIST",
     "breastmnist": "BreastMNIST",
     "brain_mri": "Brain tumor MRI (4 classes)",
     "lung_ct": "Lung CT IQ-OTH/NCCD (3 classes)",
     "tb": "TB chest X-ray (Shenzhen + Montgomery)",
+    "ham10000": "HAM10000 dermoscopy (7 classes)",
+    "herlev": "Herlev pap smear (7 classes)",
 }
+
+# The side of the pixels each dataset holds in ../shared/data (its README): what any model can see,
+# whatever img_size it is resized to.
+SOURCE_PX = {"pneumoniamnist": 28, "breastmnist": 28, "brain_mri": 224, "lung_ct": 256, "tb": 128,
+             "ham10000": 128, "herlev": 40}
 
 
 def cpu_name() -> str:

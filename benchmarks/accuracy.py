@@ -23,12 +23,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, machine, merge_records, read_json, write_json  # noqa: E402
+from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "f1": "f1_macro"}
-ECE_KEYS = {"ece": "deterministic", "ece_temperature": "deterministic_temperature",
-            "ece_mc": "mc", "ece_mc_temperature": "mc_temperature"}
+# evaluate's calibration table per split: the eval-mode softmax and the MC predictor, each before and
+# after the temperature fitted on the run's calibration split.
+ECE_KEYS = {"ece": "softmax", "ece_temperature": "softmax_temperature",
+            "ece_mc": "predictor", "ece_mc_temperature": "predictor_temperature"}
 
 
 class BenchmarkError(ValueError):
@@ -144,24 +146,63 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     evaluated = evaluate(run_dir, mc_samples=args.mc_samples)
     eval_seconds = time.perf_counter() - started
-    datasets = row["datasets"]
-    if None in datasets:
-        (task,) = trained["tasks"]
-        datasets = {task: datasets[None]}
+    datasets = row_datasets(row, trained)
     device = _device(args.accelerator)
     return {
         "row": row["id"], "seed": seed, "suite": row["suite"], "model": row["model"],
         **machine(device),
+        **seen_by_model(config, datasets),
         "img_size": config.data.img_size, "epochs": config.train.epochs,
+        "early_stopping_patience": config.train.early_stopping_patience,
         "epochs_trained": trained["epochs_trained"], "train_seconds": trained["train_seconds"],
         "eval_seconds": round(eval_seconds, 1), "mc_samples": args.mc_samples, "load_avg_at_start": round(load, 2),
         "command": reproduce_command(row, seed, args),
         "train_command": f"dualfuse train {shlex.join(argv)} && dualfuse evaluate {run_dir} "
                          f"--mc-samples {args.mc_samples}",
-        "tasks": {task: {**task_record(task, dataset, trained, evaluated),
-                         "per_case": test_cases(run_dir, task, config_classes(run_dir, task))}
-                  for task, dataset in datasets.items()},
+        "tasks": task_records(run_dir, datasets, trained, evaluated),
     }
+
+
+def row_datasets(row: dict, trained: dict) -> dict:
+    """{task: dataset}; a single-dataset row names its one task from the trained run."""
+    datasets = row["datasets"]
+    if None in datasets:
+        (task,) = trained["tasks"]
+        datasets = {task: datasets[None]}
+    return datasets
+
+
+def task_records(run_dir: Path, datasets: dict, trained: dict, evaluated: dict) -> dict:
+    return {task: {**task_record(task, dataset, trained, evaluated),
+                   "per_case": test_cases(run_dir, task, config_classes(run_dir, task))}
+            for task, dataset in datasets.items()}
+
+
+def rescore(record: dict, row: dict, args: argparse.Namespace) -> dict:
+    """The record's task numbers read again from its run folder (metrics.json and evaluation/), without
+    training: for a fix in how numbers are read from a run, never for a change of protocol."""
+    import json
+
+    run_dir = args.runs_dir / row["id"] / f"seed{record['seed']}"
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    return record | {"tasks": task_records(run_dir, row_datasets(row, trained), trained, evaluated)}
+
+
+def seen_by_model(config, datasets: dict) -> dict:
+    """What the model actually saw, for the row's label: the source pixels' side (the most any input
+    size can show), one dataset or several (zip), from scratch or from which weights."""
+    pretrained = config.model.kwargs.get("pretrained")
+    if config.model.init_from:
+        weights = f"init_from {config.model.init_from}"
+    elif pretrained:
+        weights = "ImageNet (timm)" if pretrained is True else f"pretrained {pretrained}"
+    else:
+        weights = "scratch"
+    names = sorted(set(datasets.values()))
+    return {"source_px": {name: SOURCE_PX.get(name) for name in names},
+            "modality": "single" if config.data.mode == "single" else f"zip of {len(config.data.sources)} datasets",
+            "weights": weights, "max_train_cases": config.data.max_train_cases}
 
 
 def config_classes(run_dir: Path, task: str) -> list[str]:
@@ -204,6 +245,15 @@ def print_table(records: list[dict], title: str) -> None:
     Console(width=max(Console().width, 140)).print(table)
 
 
+def already_measured(records: list[dict], row: dict, seed: int, device: str, args: argparse.Namespace) -> bool:
+    """Resume: a record of this (row, seed, device) made with the same train arguments (configs and
+    overrides, which rows.yaml may have changed since) and MC samples is kept; one made under another
+    protocol is measured again. CPU threads only change the speed, so they do not count."""
+    argv = shlex.join(train_argv(row, seed, args.runs_dir / row["id"] / f"seed{seed}", args.accelerator, args.devices))
+    return any(record_key(r) == (row["id"], seed, device) and r.get("mc_samples") == args.mc_samples
+               and f"dualfuse train {argv} " in r.get("train_command", "") for r in records)
+
+
 def claim(claim_dir: Path | None, row: dict, seed: int) -> bool:
     """Take (row, seed) for this process; with a shared `claim_dir`, parallel lanes never run it twice."""
     if claim_dir is None:
@@ -235,6 +285,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--claim-dir", type=Path,
                         help="a folder shared by parallel processes: each (row, seed) runs in the first to claim it")
     parser.add_argument("--rows-file", type=Path, default=ROWS_FILE)
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-read the selected records' numbers from their run folders (no training), then exit")
+    parser.add_argument("--redo", action="store_true",
+                        help="rerun (row, seed) pairs that --out already holds with the same command (default: skip them)")
     parser.add_argument("--list", action="store_true", help="print the selected runs and their train arguments, then exit")
     return parser.parse_args(argv)
 
@@ -265,9 +319,23 @@ def main(argv=None) -> int:
             print(row["id"], *train_argv(row, seed, args.runs_dir / row["id"] / f"seed{seed}", None, None))
         return 0
     started, failures, done = time.perf_counter(), 0, []
+    device = _device(args.accelerator)
+    if args.rescore:
+        data = read_json(args.out, {"records": []})
+        by_id = {row["id"]: row for row in rows}
+        fresh = [rescore(r, by_id[r["row"]], args) for r in data["records"]
+                 if r["row"] in by_id and r["seed"] in args.seeds and r["device"] == device
+                 and (args.runs_dir / r["row"] / f"seed{r['seed']}" / "evaluation").is_dir()]
+        data["records"] = merge_records(data["records"], fresh, record_key)
+        write_json(args.out, data)
+        print(f"accuracy.py: re-read {len(fresh)} record(s) from {args.runs_dir} into {args.out}")
+        return 0
     for seed, row in items:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
             print(f"accuracy.py: budget of {args.budget_s:.0f} s spent; skipping {row['id']} seed {seed}")
+            continue
+        if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
+            print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
             continue
         if not claim(args.claim_dir, row, seed):
             continue

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, machine, merge_records, read_json, write_json  # noqa: E402
+from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
 from paired import N_BOOTSTRAP, binary_auroc, paired_bootstrap, verdict  # noqa: E402
 
 MC_SAMPLES = 30
@@ -50,15 +50,15 @@ COST_LIMIT = 1.5  # the issue's budget for DCAT's default source, in passes
 # Every dataset: the shipped CPU config plus the overrides that size it for this benchmark. What the
 # model saw is recorded with each result (source resolution, input size, cases, epochs).
 DATASETS = {
-    "pneumoniamnist": {"configs": ["configs/quickstart.yaml"], "source_px": 28,
+    "pneumoniamnist": {"configs": ["configs/quickstart.yaml"],
                        "overrides": {"data.max_train_cases": 1000, "train.epochs": 4},
                        "ood": {"far": ("brain-tumor-mri/testing", None), "near": ("tb-cxr/test", None)}},
-    "breastmnist": {"configs": ["configs/cpu/dcat_breast.yaml"], "source_px": 28,
+    "breastmnist": {"configs": ["configs/cpu/dcat_breast.yaml"],
                     "overrides": {"train.epochs": 8}, "ood": {}},
-    "brain_mri": {"configs": ["configs/cpu/dcat_brain_mri.yaml"], "source_px": 224,
+    "brain_mri": {"configs": ["configs/cpu/dcat_brain_mri.yaml"],
                   "overrides": {"data.img_size": 32, "data.max_train_cases": 1000, "train.epochs": 4},
                   "ood": {"far": ("medmnist/pneumoniamnist.npz", "test")}},
-    "tb": {"configs": ["configs/cpu/dcat_tb.yaml"], "source_px": 128,
+    "tb": {"configs": ["configs/cpu/dcat_tb.yaml"],
            "overrides": {"train.epochs": 8}, "ood": {"near": ("medmnist/pneumoniamnist.npz", "test")}},
 }
 
@@ -290,7 +290,7 @@ def run_cell(dataset: str, seed: int, args: argparse.Namespace, known_costs: dic
         records.append({
             "dataset": dataset, "seed": seed, "source": source, "predictor": key, "label": label, "run": variant,
             "model": "dcat" + (f" fusion_drop_rate={FUSION_DROP_RATE}" if variant == "fusion" else ""),
-            "source_px": DATASETS[dataset]["source_px"], "img_size": info["img_size"], "modality": "single",
+            "source_px": SOURCE_PX[dataset], "img_size": info["img_size"], "modality": "single",
             "weights": "scratch", "epochs": info["epochs"], "epochs_trained": info["epochs_trained"],
             "max_train_cases": info["max_train_cases"], "train_seconds": info["train_seconds"],
             "members_trained": MEMBERS if variant == "base" else 1,

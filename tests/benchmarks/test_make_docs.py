@@ -62,12 +62,18 @@ def test_make_docs_renders_rows_anchors_and_comparison(results: Path, tmp_path: 
     assert make_docs.main(["--results", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     # Published anchors sit in the tables next to our rows.
-    assert "| *ResNet-18 @28 (published)* | – | – | – | – | *0.944* | *0.854* |" in text
+    assert "| *ResNet-18 @28 (published)* | – | – | – | – | 28 px, 100 epochs | – | *0.944* | *0.854* |" in text
     assert "*Google AutoML Vision (published)*" in text and "*0.991*" in text and "*0.919*" in text
-    # Two seeds: mean ± sd; one seed: value with its CI.
-    assert "| dcat | CPU | 32 | 8 | 2 | 0.965 ± 0.007 | 0.890 ± 0.014 |" in text
+    # Each row says what the model saw: source pixels → input, modality, weights, epochs cap and run.
+    # Two seeds: mean ± sd, then each seed with its own CI; one seed: value with its CI.
+    assert "| dcat | CPU | 28 → 32 | single | scratch | 8 fixed, ran 7 | 2 | 0.965 ± 0.007 | 0.890 ± 0.014 |" in text
+    assert "| dcat | CPU | 1 | 7 | 0.960 | 0.880 |" in text
     assert "0.890 [0.840, 0.930]" in text
     assert "0.080 → 0.030" in text
+    # Targets: the measured mean against the number, with what the model saw.
+    assert "| PneumoniaMNIST | dcat | AUC | ≥ 0.975 | 0.965 ± 0.007 | 2 | CPU, 28 → 32 px, scratch, 8 fixed, " \
+           "ran 7 epochs | **missed** |" in text
+    assert "| Brain tumor MRI (4 classes) | dcat | ACC | ≥ 0.960 | – | 0 | – | not measured |" in text
     # Every run's command and machine are listed.
     assert "`python benchmarks/accuracy.py --rows pneumoniamnist-dcat --seeds 1` — Test CPU, 2 cores" in text
     assert "torch 2.x (note A)" in text and "Note A: images re-encoded for transfer" in text
@@ -82,6 +88,25 @@ def test_make_docs_renders_rows_anchors_and_comparison(results: Path, tmp_path: 
     # Idempotent: a second run writes the same bytes.
     assert make_docs.main(["--results", str(results), "--out", str(out)]) == 0
     assert out.read_text() == text
+
+
+def test_rows_of_another_protocol_are_never_averaged_and_labels_say_what_the_model_saw(tmp_path: Path):
+    make_docs = _load("make_docs")
+    old = _record("breastmnist-dcat", "dcat", 0, "breastmnist", 0.80, 0.75)
+    new = [_record("breastmnist-dcat", "dcat", seed, "breastmnist", 0.90, 0.85, ci=(0.85, 0.95)) for seed in (0, 1)]
+    for seed, record in enumerate(new):
+        record.update(epochs=30, early_stopping_patience=6, epochs_trained=12 + 5 * seed, seed=seed + 1,
+                      source_px={"breastmnist": 28}, modality="single", weights="init_from runs/pretrain")
+    gpu = _record("brain_mri-dcat", "dcat", 0, "brain_mri", 0.95, 0.80, device="cuda")
+    gpu.update(img_size=64, data_note="brain MRI re-encoded to 128 px JPEG for transfer")
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": [old, *new, gpu]}))
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [])
+    # the fixed-epoch record keeps its own row; the two early-stopped seeds are averaged together
+    assert "| dcat | CPU | 28 → 32 | single | scratch | 8 fixed, ran 7 | 1 | 0.800 |" in text
+    assert "| dcat | CPU | 28 → 32 | single | init_from runs/pretrain | ≤ 30, ran 12–17 | 2 | 0.900 ± 0.000 |" in text
+    assert "| dcat | CPU | 2 | 17 | 0.900 [0.850, 0.950] | 0.850 [0.850, 0.950] |" in text
+    # a GPU run of that time read the 128-px transfer copy, not the 224-px source
+    assert "| dcat | GPU | 128 → 64 | single | scratch | 8 fixed, ran 7 |" in text
 
 
 def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
@@ -124,6 +149,24 @@ def test_accuracy_row_selection():
     assert all(r["suite"] == "cpu" for r in brain)
     with pytest.raises(accuracy.BenchmarkError, match="unknown row"):
         accuracy.select_rows(rows, ids=["nope"])
+
+
+def test_a_matrix_resumes_only_records_of_the_same_protocol(tmp_path: Path):
+    accuracy = _load("accuracy")
+    row = accuracy.select_rows(accuracy.load_rows(), ids=["breastmnist-dcat"])[0]
+    args = accuracy.parse_args(["--threads", "1", "--runs-dir", str(tmp_path)])
+    run_dir = tmp_path / row["id"] / "seed0"
+    record = {"row": row["id"], "seed": 0, "device": "cpu", "mc_samples": 30,
+              "train_command": f"dualfuse train {accuracy.shlex.join(accuracy.train_argv(row, 0, run_dir, None, None))} "
+                               f"&& dualfuse evaluate {run_dir} --mc-samples 30"}
+    assert accuracy.already_measured([record], row, 0, "cpu", args)
+    assert not accuracy.already_measured([record], row, 1, "cpu", args)  # another seed
+    assert not accuracy.already_measured([record], row, 0, "cuda", args)  # another device
+    changed = row | {"overrides": {**row["overrides"], "train.epochs": 99}}  # rows.yaml changed since
+    assert not accuracy.already_measured([record], changed, 0, "cpu", args)
+    assert not accuracy.already_measured([record], row, 0, "cpu", accuracy.parse_args(["--mc-samples", "5"]))
+    two_threads = accuracy.parse_args(["--threads", "2", "--runs-dir", str(tmp_path)])  # threads: speed only
+    assert accuracy.already_measured([record], row, 0, "cpu", two_threads)
 
 
 def test_parallel_lanes_claim_each_run_once(tmp_path: Path):

@@ -49,7 +49,7 @@ def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_pa
         labels = rng.integers(0, 2, 400)
         cases = [f"case{i}" for i in range(400)]
         for row, model, skill in (("p-dcat", "dcat", 1.5), ("p-resnet18", "resnet18", 0.5),
-                                  ("p-concat_fusion", "concat_fusion", 1.5)):
+                                  ("p-concat_fusion", "concat_fusion", 1.5), ("p-dcat-no_cbam", "dcat no_cbam", 0.5)):
             record = _record(row, model, seed, "pneumoniamnist", 0.9, 0.85)
             probs = _per_case(np.random.default_rng(seed) if model != "resnet18" else rng, labels, skill)
             order = np.random.default_rng(seed + 10).permutation(400) if model == "resnet18" else np.arange(400)
@@ -58,11 +58,14 @@ def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_pa
                 "label": labels[order].tolist(), "probs": probs[order].tolist()}
             records.append(record)
     (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
-    out = tmp_path / "benchmarks.md"
-    assert make_docs.main(["--results", str(tmp_path), "--out", str(out)]) == 0
-    text = out.read_text()
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [], ablations={"p-dcat-no_cbam": "p-dcat"})
     assert "## Does fusion beat its own backbones? (paired)" in text
     dcat_vs_resnet = next(line for line in text.splitlines() if "dcat − resnet18" in line)
     assert "**win**" in dcat_vs_resnet and "| 0, 1, 2 |" in dcat_vs_resnet
     dcat_vs_concat = next(line for line in text.splitlines() if "dcat − concat_fusion" in line)
     assert "+0.000 [+0.000, +0.000] | **tie**" in dcat_vs_concat  # identical predictions: exactly zero
+    assert "DCAT against its backbones and concat fusion: 1 win(s), 1 tie(s), 0 loss(es) of 2." in text
+    # an ablation is scored against its full model: the weaker model without the part loses
+    ablation = next(line for line in text.splitlines() if "dcat no_cbam − dcat" in line)
+    assert "**loss**" in ablation and "| 28 → 32 |" in ablation
+    assert "Overall: 0 win(s), 0 tie(s), 1 loss(es) of 1." in text

@@ -134,8 +134,8 @@ def test_zip_mode_drifa_net_trains_one_head_per_dataset(data_root, tmp_path):
         "xray": {"format": "medmnist", "path": str(data_root / "medmnist" / "pneumoniamnist.npz")},
     }
     config, _ = parse_run_args([
-        "--model.name", "drifa_net", "--data.mode", "zip", "--data.sources", json.dumps(sources),
-        "--data.img_size", "32", "--data.max_train_cases", "64", "--data.max_eval_cases", "48",
+        "--model.name", "drifa_net", "--model.kwargs", json.dumps({"backbone": "resnet10t"}),  # small: fast checkpoints
+        "--data.mode", "zip", "--data.sources", json.dumps(sources), "--data.img_size", "32", "--data.max_train_cases", "64", "--data.max_eval_cases", "48",
         "--data.num_workers", "0", "--data.batch_size", "16", "--train.epochs", "1",
         "--train.progress_bar", "false", "--eval.n_bootstrap", "20", "--output", str(tmp_path / "zip"),
     ])

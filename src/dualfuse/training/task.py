@@ -63,6 +63,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float):
     return factor
 
 
+class LambdaLRUntil(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that lets go of the learning rate after `steps` steps.
+
+    LambdaLR sets every group's LR to base × factor at each step, which would undo every reduction
+    ReduceLROnPlateau makes after warm-up; past the warm-up (and freezing) steps this one leaves the
+    LR to the plateau scheduler."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_lambda, steps: int):
+        self.steps = steps
+        super().__init__(optimizer, lr_lambda)
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch > self.steps:
+            return [group["lr"] for group in self.optimizer.param_groups]
+        return super().get_lr()
+
+
 class ClassificationTask(pl.LightningModule):
     """Train `spec["model"]` on `spec["tasks"]` with the `train` section of a run config.
 
@@ -213,7 +230,9 @@ class ClassificationTask(pl.LightningModule):
                 return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
         if config["scheduler"] == "cosine" or warmup_steps or frozen_steps:
             factors = [frozen_until(frozen_steps, base) if is_trunk and frozen_steps else base for is_trunk in trunk_flags]
-            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factors), "interval": "step"})
+            stepwise = (LambdaLRUntil(optimizer, factors, max(warmup_steps, frozen_steps))
+                        if config["scheduler"] == "plateau" else torch.optim.lr_scheduler.LambdaLR(optimizer, factors))
+            schedulers.append({"scheduler": stepwise, "interval": "step"})
         if config["scheduler"] == "plateau":
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=config["monitor_mode"], factor=config["plateau_factor"],
