@@ -32,6 +32,8 @@ TINY: dict[str, tuple[dict, list[str], dict[str, list[str]]]] = {
     "timm_classifier": ({"backbone": "resnet18", "in_chans": 1}, ["image"], {"label": BREAST}),
     "concat_fusion": ({"backbones": ["resnet18", "efficientnet_b0"], "in_chans": 1, "head_hidden": 16}, ["image"],
                       {"label": BREAST}),
+    "multitask": ({"trunk_kwargs": {"backbone": "resnet18"}, "modalities": ["mri", "ultrasound"], "in_chans": 1},
+                  ["mri", "ultrasound"], {"mri_label": BRAIN, "ultrasound_label": BREAST}),
 }
 
 CALIBRATION = {

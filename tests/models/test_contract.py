@@ -35,11 +35,19 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "rra18_two_tasks": {"modalities": ["mri", "ct"], "in_chans": 1, "num_classes": {"tumour": 4, "grade": 3}},
         "resnet18_head_mc": {"backbone": "resnet18", "modalities": 3, "in_chans": 1, "mc_dropout": "head"},
     },
+    "multitask": {
+        "resnet18_trunk": {"trunk": "timm_classifier", "trunk_kwargs": {"backbone": "resnet18"}, "in_chans": 1,
+                           "modalities": ["xray", "ultrasound"], "num_classes": {"xray_label": 2, "ultrasound_label": 3}},
+        "dcat_trunk_fusion_dropout": {"trunk": "dcat", "trunk_kwargs": {"embed_dim": 32, "num_heads": 2,
+                                                                      "fusion_drop_rate": 0.1},
+                                      "in_chans": 3, "modalities": ["mri", "ct", "skin"],
+                                      "num_classes": {"mri_label": 4, "ct_label": 3, "skin_label": 7}},
+    },
     "timm_classifier": {
         "resnet18": {"backbone": "resnet18", "in_chans": 1, "num_classes": 3},
     },
 }
-PAPERS = {"dcat": True, "drifa_net": True, "concat_fusion": False, "timm_classifier": False}
+PAPERS = {"dcat": True, "drifa_net": True, "concat_fusion": False, "multitask": False, "timm_classifier": False}
 
 CASES = [pytest.param((name, config_id), id=f"{name}-{config_id}")
          for name in list_models() for config_id in CONFIGS.get(name, {None: None})]

@@ -122,7 +122,7 @@ def test_timm_backbone_drifa_inserts_mfa_and_mifa_per_stage():
 
 
 def test_registry():
-    assert dualfuse.list_models() == ["concat_fusion", "dcat", "drifa_net", "timm_classifier"]
+    assert dualfuse.list_models() == ["concat_fusion", "dcat", "drifa_net", "multitask", "timm_classifier"]
     with pytest.raises(ValueError, match="unknown model 'dcat2'.*available: concat_fusion, dcat"):
         dualfuse.create_model("dcat2")
     with pytest.raises(ValueError, match="unknown timm backbone 'resnet_does_not_exist'"):

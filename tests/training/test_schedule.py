@@ -25,7 +25,7 @@ def _task(**train) -> ClassificationTask:
 def test_plateau_reductions_survive_the_warm_up_schedule():
     (optimizer,), (stepwise, plateau) = _task(scheduler="plateau", warmup_epochs=1.0).configure_optimizers()
     lrs = []
-    for epoch in range(4):
+    for _ in range(4):
         for _ in range(10):
             lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()

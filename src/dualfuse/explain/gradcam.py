@@ -92,8 +92,14 @@ def class_activation_maps(model: nn.Module, inputs: torch.Tensor | Mapping[str, 
     if len(classes) != len(x):
         raise ValueError(f"target_class has {len(classes)} entries for {len(x)} cases")
     targets = [ClassifierOutputTarget(c) for c in classes]
+    # A task that reads one modality only (multitask models) has no gradient on the others: empty maps.
+    reads = getattr(model, "task_modality", None)
+    own = reads.get(task or next(iter(reads))) if reads else None
     maps = {}
     for name, layers in (target_layers or model.cam_target_layers()).items():
+        if own is not None and name != own:
+            maps[name] = np.zeros((len(x), *x.shape[-2:]), dtype=np.float32)
+            continue
         with CAM_METHODS[method](model=wrapped, target_layers=list(layers)) as cam:
             maps[name] = np.nan_to_num(cam(input_tensor=x, targets=targets)).astype(np.float32)
     return maps

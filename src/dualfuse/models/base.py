@@ -48,6 +48,9 @@ class DualfuseModel(nn.Module):
     inputs: ClassVar[str] = "image"
     tasks: dict[str, int]
     modalities: list[str] | None = None
+    # `{task: modality}` when each task reads one modality only (multitask pretraining), else None:
+    # a task's Grad-CAM map of any other modality is then empty by construction.
+    task_modality: dict[str, str] | None = None
 
     @property
     def multi_input(self) -> bool:

@@ -24,6 +24,12 @@ class ClassifierHead(nn.Sequential):
         super().__init__(*layers)
         self.in_features = in_features
         self.num_classes = num_classes
+        self.hidden = hidden
+        self.drop_rate = drop_rate
+
+    def like(self, num_classes: int) -> ClassifierHead:
+        """A freshly initialised head of the same width and dropout for another task (multitask heads)."""
+        return type(self)(self.in_features, num_classes, self.hidden, self.drop_rate)
 
 
 def global_avg_max(x: torch.Tensor) -> torch.Tensor:

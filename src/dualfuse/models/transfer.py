@@ -6,7 +6,9 @@ Every tensor whose name and shape match is loaded; a convolution that differs on
 of input channels (1 <-> 3: grey scans vs RGB) is adapted (`adapt_channels`); a task
 head is loaded only when the source predicted the same classes for that task (else it keeps its
 fresh initialisation, so a new task never starts from another task's decision boundary);
-everything else is reported as skipped or new, never silently dropped.
+everything else is reported as skipped or new, never silently dropped. A `multitask` source (one
+trunk pretrained on several datasets) is read as its trunk: its `trunk.` names lose the prefix, so a
+plain model of the same trunk settings loads them, and its task heads are skipped.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from dualfuse.models.multitask import DEFAULT_TRUNK, MULTITASK, as_trunk_weights
 from dualfuse.models.saved import (
     SPEC_NAME,
     WEIGHTS_NAME,
@@ -137,6 +140,16 @@ def _head_reason(task: str | None, source_spec: ModelSpec | None, target_spec: M
     return None
 
 
+def _multitask_trunk(source: dict[str, torch.Tensor], source_spec: ModelSpec | None,
+                     spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A `multitask` source as seen by a plain model: `(its trunk under the plain model's names,
+    {head tensor: why it is skipped})`; any other source (or a multitask target) as it is."""
+    if source_spec is None or source_spec.name != MULTITASK or spec.name == MULTITASK:
+        return source, {}
+    trunk, heads = as_trunk_weights(source)
+    return trunk, {name: "task head of the multitask source (its tasks are other datasets')" for name in heads}
+
+
 def transfer_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike) -> TransferReport:
     """Load into `model` (built from `spec`) every tensor of `path` that fits; return what happened."""
     source, source_spec = read_source_weights(path)
@@ -144,9 +157,10 @@ def transfer_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike)
     if bad:
         raise CheckpointError(f"model.init_from: {path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]!r}); "
                               "nothing was loaded")
+    source, source_heads = _multitask_trunk(source, source_spec, spec)
     heads = head_parameter_names(model)
     target = model.state_dict()
-    report = TransferReport(source=str(path))
+    report = TransferReport(source=str(path), skipped=dict(source_heads))
     chosen: dict[str, torch.Tensor] = {}
     for name, tensor in target.items():
         if name not in source:
@@ -170,7 +184,9 @@ def transfer_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike)
         elif name in report.new:
             report.skipped[name] = report.new[name]
     if not chosen:
+        trunk = (f"; it is a multitask run whose trunk is {source_spec.kwargs.get('trunk', DEFAULT_TRUNK)!r} with "
+                 f"{source_spec.kwargs.get('trunk_kwargs', {})}") if source_heads else ""
         raise CheckpointError(f"model.init_from: no tensor of {path} fits model {spec.name!r} (names or shapes "
-                              f"differ, e.g. {next(iter(source), 'none')!r}); nothing was loaded")
+                              f"differ, e.g. {next(iter(source), 'none')!r}){trunk}; nothing was loaded")
     model.load_state_dict(chosen, strict=False)
     return report

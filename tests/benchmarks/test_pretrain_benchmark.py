@@ -1,0 +1,112 @@
+"""The leave-one-dataset-out pretraining benchmark's pure parts: the runs it asks for, and its statistics.
+
+No training here: the argument lists are parsed as `dualfuse train` parses them, and the paired
+statistics run on synthetic per-case predictions with a known answer.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualfuse.config import parse_run_args
+from tests.benchmarks.test_make_docs import _load
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("pretrain")
+
+
+def _parse(argv):
+    config, _ = parse_run_args(argv)
+    return config
+
+
+def test_pretraining_never_opens_the_held_out_set(bench, tmp_path):
+    config = bench.load_trunk_config("resnet18")
+    sets = bench.parse_sets(["train.epochs=2", "pretrain.data.max_train_cases=50"])
+    run = _parse(bench.pretrain_argv("resnet18", config, "tb", 3, tmp_path / "pre", sets))
+    assert run.model.name == "multitask" and run.data.mode == "zip"
+    assert set(run.data.sources) == set(config["data"]["sources"]) - {"tb"}
+    assert bench.pretrain_datasets(config, "tb") == [n for n in config["data"]["sources"] if n != "tb"]
+    assert (run.train.epochs, run.data.max_train_cases, run.train.seed) == (2, 50, 3)
+    assert run.output == str(tmp_path / "pre") and "test" not in run.eval.splits
+
+
+@pytest.mark.parametrize(("trunk", "heldout", "model", "in_chans"), [
+    ("resnet18", "breastmnist", "timm_classifier", 1), ("resnet18", "ham10000", "timm_classifier", 3),
+    ("dcat", "tb", "dcat", 1)])
+def test_scratch_and_finetune_differ_only_in_their_start(bench, tmp_path, trunk, heldout, model, in_chans):
+    config = bench.load_trunk_config(trunk)
+    sets = bench.parse_sets(["train.epochs=2", "target.train.epochs=3", "data.img_size=32"])
+    (tmp_path / "pre").mkdir()
+    scratch = _parse(bench.target_argv(trunk, config, heldout, 1, tmp_path / "out", sets))
+    finetune = _parse(bench.target_argv(trunk, config, heldout, 1, tmp_path / "out", sets, init_from=tmp_path / "pre",
+                                        split_file=tmp_path / "split.csv"))
+    assert scratch.model.name == model and scratch.model.kwargs["in_chans"] == in_chans
+    assert scratch.model.kwargs == {**config["model"]["kwargs"]["trunk_kwargs"], "in_chans": in_chans, "pretrained": False}
+    assert list(scratch.data.sources) == [heldout] and scratch.data.mode == "single"
+    assert scratch.data.max_eval_cases is None and scratch.eval.splits == ["val", "test"]
+    assert (scratch.train.epochs, scratch.data.img_size, scratch.train.monitor) == (3, 32, "val/auc")
+    assert scratch.model.init_from is None and finetune.model.init_from == str(tmp_path / "pre")
+    assert finetune.data.split_file == str(tmp_path / "split.csv")
+    finetune.model.init_from, finetune.data.split_file = None, None
+    assert finetune == scratch
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["epochs"], "KEY=VALUE"), (["model.kwargs.drop_rate=0.2"], "only data.*, train.*, eval.*"),
+    (["target.epochs=2"], "only data"), (["pretrain.model.name=dcat"], "only data")])
+def test_bad_set_items_are_one_line_errors(bench, items, message):
+    with pytest.raises(bench.BenchmarkError, match=message):
+        bench.parse_sets(items)
+
+
+def _per_case(labels, probs, ids=None):
+    ids = ids or [f"c{i}" for i in range(len(labels))]
+    return {"case_id": ids, "patient_id": [f"p{i}" for i in range(len(labels))], "label": list(labels),
+            "probs": [[1 - p, p] for p in probs]}
+
+
+def _records(rng, finetune_noise: float, scratch_noise: float, seeds=(0, 1, 2)) -> list[dict]:
+    records = []
+    for seed in seeds:
+        labels = rng.integers(0, 2, 200)
+        for arm, noise in (("finetune", finetune_noise), ("scratch", scratch_noise)):
+            scores = np.clip(labels * 0.5 + 0.25 + rng.normal(0, noise, 200), 0, 1)
+            records.append({"heldout": "tb", "trunk": "resnet18", "arm": arm, "seed": seed, "img_size": 64,
+                            "source_px": {"tb": 128}, "pretrained_on": ["pneumoniamnist"] if arm == "finetune" else [],
+                            "per_case": _per_case(labels, scores)})
+    return records
+
+
+def test_summary_says_win_only_when_the_paired_ci_excludes_zero(bench):
+    rng = np.random.default_rng(0)
+    better = bench.summarise(_records(rng, 0.1, 0.4), n_bootstrap=200)[0]
+    assert better["verdict"] == "win" and better["ci_low"] > 0 and better["seeds"] == [0, 1, 2]
+    assert better["finetune_auc"] > better["scratch_auc"] and better["pretrained_on"] == ["pneumoniamnist"]
+    same = bench.summarise(_records(rng, 0.3, 0.3), n_bootstrap=200)[0]
+    assert same["verdict"] == "tie" and same["ci_low"] < 0 < same["ci_high"]
+    worse = bench.summarise(_records(rng, 0.4, 0.1), n_bootstrap=200)[0]
+    assert worse["verdict"] == "loss"
+
+
+def test_arms_are_paired_by_case_id_and_must_score_the_same_cases(bench):
+    labels, probs = [0, 1, 1, 0], [0.1, 0.9, 0.6, 0.3]
+    scratch = _per_case(labels, probs)
+    shuffled = _per_case([0, 1, 1, 0][::-1], probs[::-1], ["c3", "c2", "c1", "c0"])
+    a, b, groups = bench.align(shuffled, scratch, "tb")
+    np.testing.assert_array_equal(a["probs"], b["probs"])
+    assert groups == scratch["patient_id"]
+    with pytest.raises(bench.BenchmarkError, match="different test cases"):
+        bench.align(_per_case(labels[:3], probs[:3]), scratch, "tb")
+
+
+def test_a_cell_is_done_only_with_all_three_arms_from_the_same_command(bench):
+    command = bench.reproduce_command("resnet18", "tb", 0, ["train.epochs=2"])
+    records = [{"trunk": "resnet18", "heldout": "tb", "seed": 0, "arm": arm, "command": command}
+               for arm in ("pretrain", "scratch")]
+    assert not bench.cell_done(records, "resnet18", "tb", 0, command)
+    records.append({**records[-1], "arm": "finetune"})
+    assert bench.cell_done(records, "resnet18", "tb", 0, command)
+    assert not bench.cell_done(records, "resnet18", "tb", 0, bench.reproduce_command("resnet18", "tb", 0, []))
