@@ -574,8 +574,47 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def load_pretrain(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("pretrain_*.json"))]
+
+
+def pretrain_section(runs: list[dict]) -> list[str]:
+    """Leave one dataset out: fine-tuned from an in-domain multitask trunk minus scratch, paired."""
+    lines = ["## In-domain pretraining: does it beat scratch? (leave one dataset out)", "",
+             "`benchmarks/pretrain.py`: for a held-out dataset X, one trunk is pretrained multitask (zip mode, one head "
+             "per dataset, `configs/pretrain/`) on the other labelled sets' train splits, X never opened; then the "
+             "trunk's plain model is trained on X from scratch and fine-tuned on X from that trunk (`model.init_from`), "
+             "same seed, split and budget (a full cosine schedule, best-validation-AUC checkpoint). ΔAUC is fine-tuned "
+             "minus scratch on X's test cases: 95% CI from a paired bootstrap (patients where X has ids), pooled over "
+             "seeds; *win*/*loss* only when the CI excludes 0.", ""]
+    for run in runs:
+        records = run["records"]
+        if not run.get("summary"):
+            continue
+        lines += ["| held out | trunk | what the target runs saw | pretrained on | seeds | scratch AUC | fine-tuned AUC "
+                  "| ΔAUC [95% CI] | verdict |", "|---|---|---|---|---|--:|--:|---|---|"]
+        for entry in run["summary"]:
+            arms = {r["arm"]: r for r in records if (r["heldout"], r["trunk"], r["seed"]) ==
+                    (entry["heldout"], entry["trunk"], entry["seeds"][0])}
+            target, pre = arms["scratch"], arms["pretrain"]
+            ran = sorted(r["epochs_trained"] for r in records if (r["heldout"], r["trunk"]) ==
+                         (entry["heldout"], entry["trunk"]) and r["arm"] != "pretrain")
+            cases = f", ≤ {target['max_train_cases']} training images" if target.get("max_train_cases") else ""
+            seen = (f"{entry['source_px'].get(entry['heldout'])} → {entry['img_size']} px, {target['in_chans']} channel(s)"
+                    f"{cases}, {target['epochs']} epochs (ran {_span(ran)}), CPU")
+            sets = ", ".join(f"{name} ({pre['source_px'].get(name)} px)" for name in entry["pretrained_on"])
+            lines.append(f"| {DATASET_NAMES.get(entry['heldout'], entry['heldout'])} | {entry['trunk']} | {seen} | "
+                         f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each | "
+                         f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
+                         f"{entry['delta']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}] | **{entry['verdict']}** |")
+        first = records[0]
+        lines += ["", f"Machine: {first['device_name']}, torch {first['torch']}. Reproduce one cell: `{first['command']}`.", ""]
+    return lines
+
+
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
-           uncertainty: list[dict] | None = None, ablations: dict[str, str] | None = None) -> str:
+           uncertainty: list[dict] | None = None, ablations: dict[str, str] | None = None,
+           pretrain: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -587,6 +626,8 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
     lines += targets_section(grouped)
     lines += anchor_comparison(grouped)
     lines += paired_section(grouped, ablations=ablations)
+    if pretrain:
+        lines += pretrain_section(pretrain)
     if speeds:
         lines += speed_section(speeds)
     if serving:
@@ -609,7 +650,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(records, speeds, serving, uncertainty))
+    args.out.write_text(render(records, speeds, serving, uncertainty, pretrain=load_pretrain(args.results)))
     print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 

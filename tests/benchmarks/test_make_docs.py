@@ -176,3 +176,21 @@ def test_parallel_lanes_claim_each_run_once(tmp_path: Path):
     assert not accuracy.claim(tmp_path / "claims", row, 0)
     assert accuracy.claim(tmp_path / "claims", row, 1)
     assert accuracy.claim(None, row, 0)
+
+
+def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp_path: Path):
+    make_docs = _load("make_docs")
+    common = {"heldout": "tb", "trunk": "resnet18", "seed": 0, "device_name": "Test CPU, 2 cores", "torch": "2.x",
+              "command": "python benchmarks/pretrain.py --heldout tb --trunks resnet18 --seeds 0", "max_train_cases": 1000,
+              "epochs": 15, "in_chans": 1, "img_size": 64}
+    records = [common | {"arm": "pretrain", "epochs_trained": 6, "max_train_cases": 600,
+                         "source_px": {"pneumoniamnist": 28, "ham10000": 128}},
+               common | {"arm": "scratch", "epochs_trained": 15}, common | {"arm": "finetune", "epochs_trained": 15}]
+    summary = [{"heldout": "tb", "trunk": "resnet18", "seeds": [0], "scratch_auc": 0.80, "finetune_auc": 0.86,
+                "delta": 0.06, "ci_low": 0.01, "ci_high": 0.11, "verdict": "win", "pretrained_on": ["pneumoniamnist", "ham10000"],
+                "source_px": {"tb": 128}, "img_size": 64}]
+    (tmp_path / "pretrain_cpu.json").write_text(json.dumps({"records": records, "summary": summary}))
+    text = make_docs.pretrain_section(make_docs.load_pretrain(tmp_path))
+    assert ("| TB chest X-ray (Shenzhen + Montgomery) | resnet18 | 128 → 64 px, 1 channel(s), ≤ 1000 training images, "
+            "15 epochs (ran 15), CPU | pneumoniamnist (28 px), ham10000 (128 px); 6 epochs, ≤ 600 images each | 0 | "
+            "0.800 | 0.860 | +0.060 [+0.010, +0.110] | **win** |") in text
