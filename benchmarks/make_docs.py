@@ -52,7 +52,9 @@ own dataset's full test split. Training times on a shared machine depend on its 
 Reproduce everything:
 
 ```
-DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --seeds 0 1 2 --threads 1 --out docs/results/accuracy_cpu.json   # resumable
+DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --datasets breastmnist tb --seeds 0 1 2 3 4 --threads 1 --out docs/results/accuracy_cpu.json   # resumable
+DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --datasets pneumoniamnist brain_mri --seeds 0 1 2 --threads 1 --out docs/results/accuracy_cpu.json
+DUALFUSE_DATA=../shared/data python benchmarks/pretrain.py --heldout tb herlev breastmnist --trunks resnet18 --seeds 0 1 2 --threads 1 --out docs/results/pretrain_cpu.json
 DUALFUSE_DATA=... OUT=... bash benchmarks/gpu.sh            # GPU: CPU-sized rows (SEEDS, default 0 1 2) + paper-resolution rows
 python benchmarks/speed.py --out docs/results/speed_cpu.json
 python benchmarks/make_docs.py

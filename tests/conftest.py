@@ -1,8 +1,10 @@
 """Shared fixtures. Real data lives outside the repository (see README: DUALFUSE_DATA)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,36 @@ def breast_args(data_root: Path, output: Path, *extra: str) -> list[str]:
         "--train.epochs", "4", "--train.lr", "2e-3", "--train.monitor", "val/auc", "--train.monitor_mode", "max",
         "--train.progress_bar", "false", "--eval.n_bootstrap", "200", "--output", str(output), *extra,
     ]
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (POSIX flock): one xdist worker at a time inside."""
+    import fcntl
+
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def trained_breast_run(data_root, tmp_path_factory) -> tuple[Path, dict]:
+    """One `breast_args` DCAT run (4 epochs of BreastMNIST) per test session, shared by every xdist
+    worker: the first worker to ask trains it under a file lock, the others wait and reuse it. Returns
+    the run folder and what `train` returned; tests copy the folder before writing into it."""
+    from dualfuse.api import train
+    from dualfuse.config import parse_run_args
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the session's common folder
+    run, returned = shared / "shared_breast_run", shared / "shared_breast_run.summary.json"
+    with _exclusive(shared / "shared_breast_run.lock"):
+        if not returned.is_file():
+            shutil.rmtree(run, ignore_errors=True)  # a run a failed worker left half-written
+            summary = train(parse_run_args(breast_args(data_root, run))[0])
+            returned.write_text(json.dumps(summary))
+    return run, json.loads(returned.read_text())
+

@@ -11,13 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import breast_args
 from PIL import Image
 
-from dualfuse.api import RunFolder, evaluate, train
+from dualfuse.api import RunFolder, evaluate
 from dualfuse.api import report as write_report
 from dualfuse.cli import main
-from dualfuse.config import parse_run_args
 from dualfuse.data.sources import MedMNISTDataset
 from dualfuse.evaluation.model_card import model_card_schema, validate_model_card
 from dualfuse.explain.gradcam import class_activation_maps
@@ -27,10 +25,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 @pytest.fixture(scope="module")
-def breast_run(data_root, tmp_path_factory):
-    output = tmp_path_factory.mktemp("report") / "run"
-    train(parse_run_args(breast_args(data_root, output))[0])
-    return output
+def breast_run(trained_breast_run, tmp_path_factory):
+    """This module's copy of the session's 4-epoch BreastMNIST run (tests/conftest.py)."""
+    return shutil.copytree(trained_breast_run[0], tmp_path_factory.mktemp("report") / "run")
 
 
 def _model_batch(run: Path, data_root: Path, n: int = 8):

@@ -21,11 +21,10 @@ from dualfuse.training.task import ClassificationTask
 
 
 @pytest.fixture(scope="module")
-def breast_run(data_root, tmp_path_factory):
-    output = tmp_path_factory.mktemp("breast") / "run"
-    config, _ = parse_run_args(breast_args(data_root, output))
-    summary = train(config)
-    return output, summary
+def breast_run(trained_breast_run, tmp_path_factory):
+    """This module's copy of the session's 4-epoch BreastMNIST run, and what `train` returned."""
+    run, summary = trained_breast_run
+    return copy_run(run, tmp_path_factory.mktemp("breast") / "run"), summary
 
 
 def test_short_breastmnist_run_beats_chance_on_val(breast_run):
