@@ -29,6 +29,23 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """`tmp_path_factory.mktemp` for module-scoped fixtures, whose folders are deleted when the module
+    ends. Trained runs hold checkpoints of hundreds of MB each; pytest keeps `mktemp` folders until the
+    session ends, which filled a CI disk. Function-scoped `tmp_path` folders are deleted per test by
+    `tmp_path_retention_policy = "failed"` (pyproject.toml)."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def stray_label_manifest(tmp_path: Path) -> Path:
 
 # --- the shared pieces a row builds on ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model(module_tmp) -> Path:
     """An untrained timm resnet18 (1 channel, 32 px) saved as a model folder: enough for predict."""
     from dualfuse.models import ModelSpec, Preprocessing, create_model
     from dualfuse.models.saved import save_model
@@ -62,16 +62,16 @@ def tiny_model(tmp_path_factory) -> Path:
     spec = ModelSpec(name="timm_classifier", kwargs=kwargs, tasks={"label": ["benign", "malignant"]},
                      modalities=["image"],
                      preprocessing=Preprocessing(img_size=32, resize="resize", normalize="zscore", in_chans={"image": 1}))
-    return save_model(tmp_path_factory.mktemp("tiny") / "model", model, spec)
+    return save_model(module_tmp("tiny") / "model", model, spec)
 
 
 @pytest.fixture(scope="module")
-def breast_run(data_root, tmp_path_factory) -> Path:
+def breast_run(data_root, module_tmp) -> Path:
     """One epoch on 32 BreastMNIST cases: a finished run folder for the report and resume rows."""
     from dualfuse.api import train
     from dualfuse.config import parse_run_args
 
-    output = tmp_path_factory.mktemp("breast") / "run"
+    output = module_tmp("breast") / "run"
     config, _ = parse_run_args(train_argv(breast_source(data_root), output))
     train(config)
     return output

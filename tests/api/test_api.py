@@ -30,8 +30,8 @@ def _small_args(data_root: Path, output: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def small_run(data_root, tmp_path_factory):
-    output = tmp_path_factory.mktemp("api") / "run"
+def small_run(data_root, module_tmp):
+    output = module_tmp("api") / "run"
     train(parse_run_args(_small_args(data_root, output))[0])
     return output
 
@@ -196,10 +196,10 @@ def test_model_spec_round_trip(small_run, tmp_path):
 # -- issue 13: calibration per predictor, per-case numbers ------------------------------------------
 
 @pytest.fixture(scope="module")
-def calibrated_small(small_run, tmp_path_factory):
+def calibrated_small(small_run, module_tmp):
     from dualfuse.api import evaluate
 
-    run = tmp_path_factory.mktemp("cal") / "run"
+    run = module_tmp("cal") / "run"
     import shutil
 
     shutil.copytree(small_run, run)

@@ -18,8 +18,8 @@ QUICK = ("--train.epochs", "1", "--train.limit_train_batches", "2")
 
 
 @pytest.fixture(scope="module")
-def cv_run(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cv") / "cv"
+def cv_run(data_root, module_tmp):
+    out = module_tmp("cv") / "cv"
     config, _ = parse_run_args(breast_args(data_root, out, *QUICK))
     seen = []
     summary = cross_validate(config, folds=2, on_fold=lambda k, n, path: seen.append(k))

@@ -28,8 +28,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def two_members(data_root, tmp_path_factory):
-    output = tmp_path_factory.mktemp("members") / "run"
+def two_members(data_root, module_tmp):
+    output = module_tmp("members") / "run"
     config, _ = parse_run_args(_args(data_root, output))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in every test (conftest): the resume test compares weights bit for bit

@@ -27,11 +27,11 @@ MC = 2  # MC samples evaluate calibrates with (kept tiny: only the cost matters 
 
 
 @pytest.fixture(scope="module")
-def zip_run(data_root, tmp_path_factory) -> Path:
+def zip_run(data_root, module_tmp) -> Path:
     """A 2-epoch DRIFA-Net on brain MRI (folders) zipped with PneumoniaMNIST, evaluated with 4 partners.
     A ResNet-10-T trunk (16 M parameters, not RRA-18's 54 M): partners do not depend on the backbone,
     and checkpoint writes dominated this fixture's time."""
-    output = tmp_path_factory.mktemp("zip") / "run"
+    output = module_tmp("zip") / "run"
     sources = {"mri": {"format": "folder", "path": str(data_root / "brain-tumor-mri"), "channels": 1},
                "xray": {"format": "medmnist", "path": str(data_root / "medmnist" / "pneumoniamnist.npz")}}
     config, _ = parse_run_args([

@@ -70,8 +70,8 @@ def class_share(dataset, cls: str) -> float:
 
 # --- a source with official val/test (MedMNIST) ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def breast_module(data_root, tmp_path_factory):
-    split_path = tmp_path_factory.mktemp("breast") / "split.csv"
+def breast_module(data_root, module_tmp):
+    split_path = module_tmp("breast") / "split.csv"
     return module({"b": breast(data_root)}, split_path), split_path
 
 
@@ -115,8 +115,8 @@ def test_max_eval_cases_applies_to_cal(data_root):
 
 # --- a carved source with patient ids ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def manifest_source(tmp_path_factory):
-    return patient_manifest(tmp_path_factory.mktemp("manifest"), patients=150)
+def manifest_source(module_tmp):
+    return patient_manifest(module_tmp("manifest"), patients=150)
 
 
 def test_carved_source_cal_is_disjoint_by_case_and_patient_and_stratified(manifest_source):

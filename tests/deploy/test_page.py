@@ -40,10 +40,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(module_tmp):
     """uvicorn on a free localhost port, in a thread, serving a tiny calibrated DCAT (random weights)."""
     # Brain tumour classes for a brain MRI upload, 64 px input: the page shows it at 320 px all the same.
-    app = create_app(served_model_folder(tmp_path_factory.mktemp("served") / "model", BRAIN, img_size=64))
+    app = create_app(served_model_folder(module_tmp("served") / "model", BRAIN, img_size=64))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

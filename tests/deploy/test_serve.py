@@ -26,13 +26,13 @@ SECRETS = ("Doe", "Jane", "SECRET-ID-4711", "jane_doe")
 
 
 @pytest.fixture(scope="module")
-def real_images(data_root, tmp_path_factory):
-    return write_real_images(data_root, tmp_path_factory.mktemp("real"))
+def real_images(data_root, module_tmp):
+    return write_real_images(data_root, module_tmp("real"))
 
 
 @pytest.fixture(scope="module")
-def served_model(tmp_path_factory):
-    return served_model_folder(tmp_path_factory.mktemp("served") / "model")
+def served_model(module_tmp):
+    return served_model_folder(module_tmp("served") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ def _spec(name="dcat", in_chans=1, classes=("a", "b"), task="label", **kwargs) -
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
+def source(module_tmp):
     """A saved grey-scale 2-class DCAT (model folder with model.json)."""
-    folder = tmp_path_factory.mktemp("source")
+    folder = module_tmp("source")
     torch.manual_seed(1)
     spec = _spec()
     model = spec.build()

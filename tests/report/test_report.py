@@ -25,9 +25,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 @pytest.fixture(scope="module")
-def breast_run(trained_breast_run, tmp_path_factory):
+def breast_run(trained_breast_run, module_tmp):
     """This module's copy of the session's 4-epoch BreastMNIST run (tests/conftest.py)."""
-    return shutil.copytree(trained_breast_run[0], tmp_path_factory.mktemp("report") / "run")
+    return shutil.copytree(trained_breast_run[0], module_tmp("report") / "run")
 
 
 def _model_batch(run: Path, data_root: Path, n: int = 8):
@@ -61,8 +61,8 @@ def _chromium_or_skip():
 
 
 @pytest.fixture(scope="module")
-def report(breast_run, data_root, tmp_path_factory):
-    run = tmp_path_factory.mktemp("with_report") / "run"
+def report(breast_run, data_root, module_tmp):
+    run = module_tmp("with_report") / "run"
     shutil.copytree(breast_run, run)
     evaluate(run, mc_samples=8)
     path = write_report(run, gallery_size=3, max_tsne_points=120)

@@ -57,8 +57,8 @@ def model() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def saved_model(model, tmp_path_factory) -> Path:
-    return save_model(tmp_path_factory.mktemp("saved") / "model", model, SPEC)
+def saved_model(model, module_tmp) -> Path:
+    return save_model(module_tmp("saved") / "model", model, SPEC)
 
 
 def lightning_checkpoint(model: nn.Module, spec: dict) -> dict:

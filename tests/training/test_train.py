@@ -21,10 +21,10 @@ from dualfuse.training.task import ClassificationTask
 
 
 @pytest.fixture(scope="module")
-def breast_run(trained_breast_run, tmp_path_factory):
+def breast_run(trained_breast_run, module_tmp):
     """This module's copy of the session's 4-epoch BreastMNIST run, and what `train` returned."""
     run, summary = trained_breast_run
-    return copy_run(run, tmp_path_factory.mktemp("breast") / "run"), summary
+    return copy_run(run, module_tmp("breast") / "run"), summary
 
 
 def test_short_breastmnist_run_beats_chance_on_val(breast_run):
@@ -211,8 +211,8 @@ def copy_run(run_dir: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def calibrated(breast_run, data_root, tmp_path_factory):
-    output = copy_run(breast_run[0], tmp_path_factory.mktemp("calibrated") / "run")
+def calibrated(breast_run, data_root, module_tmp):
+    output = copy_run(breast_run[0], module_tmp("calibrated") / "run")
     out_dir = output.parent / "evaluation"
     summary = evaluate(output, output=out_dir, mc_samples=10, alpha=0.1,
                        ood=str(data_root / "medmnist" / "pneumoniamnist.npz"))
