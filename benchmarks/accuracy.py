@@ -33,6 +33,14 @@ ECE_KEYS = {"ece": "softmax", "ece_temperature": "softmax_temperature",
             "ece_mc": "predictor", "ece_mc_temperature": "predictor_temperature"}
 
 
+# Zip rows: training scores test *pairs* (the shorter set drawn again to fill up), so a zip row's test
+# numbers come from one more evaluation with every test image of every set once, each beside ONE partner
+# image from the training split, eval-mode softmax: what a single-dataset model of the same image is
+# paired against. (The MC evaluation averages over the row's `partners`.)
+ZIP_CASES = "evaluation_cases"
+ZIP_PREDICTOR = "eval-mode softmax; each test image once, beside 1 partner from the training split"
+
+
 class BenchmarkError(ValueError):
     """A problem with the row table or the arguments, in one line."""
 
@@ -108,10 +116,12 @@ def task_record(task: str, dataset: str, trained: dict, evaluated: dict) -> dict
 
 def test_cases(run_dir: Path, task: str, classes: list[str]) -> dict:
     """The run's test predictions of `task` (eval-mode softmax, as the headline metrics), per case,
-    for paired comparisons between models on the same cases (benchmarks/paired.py)."""
+    for paired comparisons between models on the same cases (make_docs.py). A zip run's come from
+    `ZIP_CASES` (each test image once), not from training's zipped test pairs."""
     import pandas as pd
 
-    frame = pd.read_csv(run_dir / "predictions.csv", dtype={"case_id": str, "patient_id": str},
+    folder = run_dir / ZIP_CASES if (run_dir / ZIP_CASES).is_dir() else run_dir
+    frame = pd.read_csv(folder / "predictions.csv", dtype={"case_id": str, "patient_id": str},
                         keep_default_na=False)
     frame = frame[(frame["split"] == "test") & (frame[f"{task}_true"] != "")]
     return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
@@ -144,8 +154,10 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     config, _ = parse_run_args([*argv, "--train.progress_bar", "false"])
     trained = train(config)
     started = time.perf_counter()
-    evaluated = evaluate(run_dir, mc_samples=args.mc_samples)
+    evaluated = evaluate(run_dir, mc_samples=args.mc_samples, partners=row.get("partners"))
     eval_seconds = time.perf_counter() - started
+    if config.data.mode == "zip":
+        evaluate(run_dir, splits=["test"], partners=1, output=run_dir / ZIP_CASES)
     datasets = row_datasets(row, trained)
     device = _device(args.accelerator)
     return {
@@ -156,9 +168,14 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         "early_stopping_patience": config.train.early_stopping_patience,
         "epochs_trained": trained["epochs_trained"], "train_seconds": trained["train_seconds"],
         "eval_seconds": round(eval_seconds, 1), "mc_samples": args.mc_samples, "load_avg_at_start": round(load, 2),
+        **({"partners": row["partners"]} if row.get("partners") is not None else {}),
+        **({"test_predictor": ZIP_PREDICTOR} if config.data.mode == "zip" else {}),
         "command": reproduce_command(row, seed, args),
         "train_command": f"dualfuse train {shlex.join(argv)} && dualfuse evaluate {run_dir} "
-                         f"--mc-samples {args.mc_samples}",
+                         f"--mc-samples {args.mc_samples}"
+                         + (f" --partners {row['partners']}" if row.get("partners") is not None else "")
+                         + (f" && dualfuse evaluate {run_dir} --split test --partners 1 --output {run_dir / ZIP_CASES}"
+                            if config.data.mode == "zip" else ""),
         "tasks": task_records(run_dir, datasets, trained, evaluated),
     }
 
@@ -173,6 +190,13 @@ def row_datasets(row: dict, trained: dict) -> dict:
 
 
 def task_records(run_dir: Path, datasets: dict, trained: dict, evaluated: dict) -> dict:
+    import json
+
+    zip_cases = run_dir / ZIP_CASES / "metrics.json"
+    if zip_cases.is_file():  # a zip run: test numbers of every test image once (see ZIP_CASES)
+        per_image = json.loads(zip_cases.read_text())["tasks"]
+        trained = trained | {"tasks": {task: trained["tasks"][task] | {"test": per_image[task]["test"]}
+                                       for task in trained["tasks"]}}
     return {task: {**task_record(task, dataset, trained, evaluated),
                    "per_case": test_cases(run_dir, task, config_classes(run_dir, task))}
             for task, dataset in datasets.items()}

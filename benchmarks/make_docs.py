@@ -192,10 +192,12 @@ def _footnote(run: dict, notes: list[str]) -> str:
     text = f"`{run['command']}` — {run['device_name']}, torch {run['torch']}"
     if run.get("load_avg_at_start") is not None:  # shared machines: how busy it was
         text += f", load average {run['load_avg_at_start']:.1f} at start"
-    if run.get("data_note"):
-        if run["data_note"] not in notes:
-            notes.append(run["data_note"])
-        text += f" (note {chr(ord('A') + notes.index(run['data_note']))})"
+    predictor = run.get("test_predictor")  # zip rows: how their test numbers were predicted
+    for note in (run.get("data_note"), predictor and f"test numbers of the zip rows: {predictor}"):
+        if note:
+            if note not in notes:
+                notes.append(note)
+            text += f" (note {chr(ord('A') + notes.index(note))})"
     return text
 
 
@@ -336,14 +338,18 @@ COMPARISONS = (("dcat", "efficientnet_b4"), ("dcat", "resnet34"), ("dcat", "resn
                ("concat_fusion", "resnet34"), ("concat_fusion", "resnet18"))
 
 
-def ablation_pairs(rows_file: Path = ROWS_FILE) -> dict[str, str]:
-    """{ablation row id: full-model row id} from rows.yaml's `ablation_of`."""
+# rows.yaml fields that pair a row with another one, and how the difference reads (this row − that row).
+PAIR_FIELDS = ("ablation_of", "recipe_of", "alone_of")
+
+
+def row_pairs(rows_file: Path = ROWS_FILE) -> dict[str, dict[str, str]]:
+    """{field: {row id: the row id it names}} for each of PAIR_FIELDS in rows.yaml."""
     import yaml
 
     if not rows_file.is_file():
-        return {}
+        return {field: {} for field in PAIR_FIELDS}
     rows = (yaml.safe_load(rows_file.read_text()) or {}).get("rows") or []
-    return {row["id"]: row["ablation_of"] for row in rows if row.get("ablation_of")}
+    return {field: {row["id"]: row[field] for row in rows if row.get(field)} for field in PAIR_FIELDS}
 
 
 def _aligned(a: dict, b: dict) -> tuple[dict, dict, list] | None:
@@ -384,11 +390,13 @@ def _tally(diffs: list[dict]) -> str:
 
 
 def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
-                   ablations: dict[str, str] | None = None) -> list[str]:
-    """Test AUC of each fusion model minus that of its backbones / concat fusion, and of each ablation
-    minus its full model, paired over cases; only entries of one protocol are compared."""
-    ablations = ablation_pairs() if ablations is None else ablations
-    fusion, removed = [], []
+                   pairs: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Test AUC of each fusion model minus that of its backbones / concat fusion; of each ablation minus
+    its full model; of each recipe row minus its plain model; of each zip model minus the same network on
+    one dataset alone. Paired over cases; only entries of one protocol are compared."""
+    pairs = row_pairs() if pairs is None else pairs
+    fusion: list[tuple[dict, str]] = []
+    by_field: dict[str, list[tuple[dict, str]]] = {field: [] for field in PAIR_FIELDS}
     for dataset, entries in grouped.items():
         by_model = {(e["model"], e["device"], e["protocol"]): e for e in entries}
         by_row = {(e["row"], e["device"], e["protocol"]): e for e in entries}
@@ -400,14 +408,17 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                 diff = paired_difference(a, b, n_bootstrap)
                 if diff:
                     fusion.append((diff, _pair_line(dataset, f"{model_a} − {model_b}", a, diff)))
-        for (row, device, proto), ablated in by_row.items():
-            full = by_row.get((ablations.get(row), device, proto))
-            if not full:
-                continue
-            diff = paired_difference(ablated, full, n_bootstrap)
-            if diff:
-                removed.append((diff, _pair_line(dataset, f"{ablated['model']} − {full['model']}", ablated, diff)))
-    if not fusion and not removed:
+        for field in PAIR_FIELDS:
+            for (row, device, proto), entry in by_row.items():
+                other = by_row.get(((pairs.get(field) or {}).get(row), device, proto))
+                if not other:
+                    continue
+                # alone_of names the zip row from the alone row; the difference reads zip − alone.
+                a, b = (other, entry) if field == "alone_of" else (entry, other)
+                diff = paired_difference(a, b, n_bootstrap)
+                if diff:
+                    by_field[field].append((diff, _pair_line(dataset, f"{a['model']} − {b['model']}", a, diff)))
+    if not fusion and not any(by_field.values()):
         return []
     header = ["| dataset | comparison | device | source px → input | seeds | ΔAUC [95% CI] | verdict |",
               "|---|---|---|---|---|--:|---|"]
@@ -425,11 +436,24 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
         if drifa:
             lines.append(f"DRIFA-Net against ResNet-18 and concat fusion: {_tally(drifa)} of {len(drifa)}.")
         lines += ["", *header, *(line for _, line in fusion), ""]
-    if removed:
-        lines += ["### Ablations: what removing each part does", "",
-                  "The ablated model minus the full model, same protocol: a *loss* means the removed part helped, a "
-                  f"*win* that the model is better without it. Overall: {_tally([d for d, _ in removed])} of "
-                  f"{len(removed)}.", "", *header, *(line for _, line in removed), ""]
+    intros = {
+        "ablation_of": ("### Ablations: what removing each part does",
+                        "The ablated model minus the full model, same protocol: a *loss* means the removed part helped, "
+                        "a *win* that the model is better without it."),
+        "recipe_of": ("### Recipe: what adding each part does",
+                      "The model trained with a part of the small-data recipe (configs/recipes/small_data.yaml) minus "
+                      "the same model trained plainly, same protocol: a *win* means the part helped."),
+        "alone_of": ("### Multitask (zip) training vs each dataset alone",
+                     "DRIFA-Net trained in zip mode on two datasets (one head each) minus the same network trained on "
+                     "one of them alone, scored on that dataset's same test images: a *win* means learning across "
+                     "modalities helped. The zip model's test predictions see each test image once, beside one "
+                     "partner image of the other dataset drawn from its training split (eval-mode softmax)."),
+    }
+    for field, found in by_field.items():
+        if found:
+            title, text = intros[field]
+            lines += [title, "", f"{text} Overall: {_tally([d for d, _ in found])} of {len(found)}.", "",
+                      *header, *(line for _, line in found), ""]
     return lines
 
 
@@ -615,7 +639,7 @@ def pretrain_section(runs: list[dict]) -> list[str]:
 
 
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
-           uncertainty: list[dict] | None = None, ablations: dict[str, str] | None = None,
+           uncertainty: list[dict] | None = None, pairs: dict[str, dict[str, str]] | None = None,
            pretrain: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
@@ -627,7 +651,7 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
     lines += [f"Note {chr(ord('A') + i)}: {note}" for i, note in enumerate(notes)] + ([""] if notes else [])
     lines += targets_section(grouped)
     lines += anchor_comparison(grouped)
-    lines += paired_section(grouped, ablations=ablations)
+    lines += paired_section(grouped, pairs=pairs)
     if pretrain:
         lines += pretrain_section(pretrain)
     if speeds:

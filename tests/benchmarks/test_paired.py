@@ -58,7 +58,7 @@ def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_pa
                 "label": labels[order].tolist(), "probs": probs[order].tolist()}
             records.append(record)
     (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
-    text = make_docs.render(make_docs.load_results(tmp_path)[0], [], ablations={"p-dcat-no_cbam": "p-dcat"})
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [], pairs={"ablation_of": {"p-dcat-no_cbam": "p-dcat"}})
     assert "## Does fusion beat its own backbones? (paired)" in text
     dcat_vs_resnet = next(line for line in text.splitlines() if "dcat − resnet18" in line)
     assert "**win**" in dcat_vs_resnet and "| 0, 1, 2 |" in dcat_vs_resnet
@@ -69,3 +69,39 @@ def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_pa
     ablation = next(line for line in text.splitlines() if "dcat no_cbam − dcat" in line)
     assert "**loss**" in ablation and "| 28 → 32 |" in ablation
     assert "Overall: 0 win(s), 0 tie(s), 1 loss(es) of 1." in text
+
+
+def test_zip_rows_pair_with_each_dataset_alone_and_recipe_rows_with_the_plain_model(tmp_path: Path):
+    """alone_of: the zip row's task on dataset X minus the alone row on X (zip − alone); recipe_of: the
+    row with the part minus the plain row. A dataset whose test cases differ between the rows is left out."""
+    make_docs = _load("make_docs")
+    records = []
+    for seed in (0, 1, 2):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 2, 300)
+        cases = [f"mri{i}" for i in range(300)]
+        strong, weak = _per_case(rng, labels, 2.0), _per_case(rng, labels, 0.3)
+
+        def per_case(probs, ids=cases, labels=labels):
+            return {"case_id": ids, "patient_id": ids, "label": labels.tolist(), "probs": probs.tolist()}
+
+        zipped = _record("z-zip", "drifa_net zip", seed, "brain_mri", 0.9, 0.8)
+        zipped["tasks"] = {"mri_label": zipped["tasks"]["label"] | {"per_case": per_case(strong)},
+                           "ct_label": zipped["tasks"]["label"] | {"dataset": "lung_ct", "per_case": per_case(strong)}}
+        alone_mri = _record("z-alone-mri", "drifa_net alone", seed, "brain_mri", 0.8, 0.7)
+        alone_mri["tasks"]["label"]["per_case"] = per_case(weak)
+        alone_ct = _record("z-alone-ct", "drifa_net alone", seed, "lung_ct", 0.8, 0.7)
+        alone_ct["tasks"]["label"]["per_case"] = per_case(weak, [f"other{i}" for i in range(300)])
+        plain = _record("b-dcat", "dcat", seed, "breastmnist", 0.8, 0.7)
+        plain["tasks"]["label"]["per_case"] = per_case(strong)
+        with_part = _record("b-dcat-ema", "dcat + ema", seed, "breastmnist", 0.8, 0.7)
+        with_part["tasks"]["label"]["per_case"] = per_case(weak)
+        records += [zipped, alone_mri, alone_ct, plain, with_part]
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
+    pairs = {"alone_of": {"z-alone-mri": "z-zip", "z-alone-ct": "z-zip"}, "recipe_of": {"b-dcat-ema": "b-dcat"}}
+    lines = make_docs.render(make_docs.load_results(tmp_path)[0], [], pairs=pairs).splitlines()
+    section = lines[lines.index("### Multitask (zip) training vs each dataset alone"):]
+    zip_lines = [line for line in section if "drifa_net zip − drifa_net alone" in line]
+    assert len(zip_lines) == 1 and "Brain" in zip_lines[0] and "**win**" in zip_lines[0]  # CT: other cases
+    recipe = next(line for line in lines if "dcat + ema − dcat" in line)
+    assert "**loss**" in recipe
