@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
-HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "f1": "f1_macro"}
+HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "bacc": "balanced_accuracy", "f1": "f1_macro"}
 # evaluate's calibration table per split: the eval-mode softmax and the MC predictor, each before and
 # after the temperature fitted on the run's calibration split.
 ECE_KEYS = {"ece": "softmax", "ece_temperature": "softmax_temperature",
@@ -295,7 +295,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
     parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
     parser.add_argument("--models", nargs="+", help="only rows of these models (e.g. dcat resnet18)")
-    parser.add_argument("--suite", choices=("cpu", "paper"), help="only rows of this suite")
+    parser.add_argument("--suite", choices=("cpu", "paper", "gpu128"), help="only rows of this suite")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     parser.add_argument("--runs-dir", type=Path, default=Path("benchmarks/results/runs"))

@@ -109,6 +109,28 @@ def test_rows_of_another_protocol_are_never_averaged_and_labels_say_what_the_mod
     assert "| dcat | GPU | 128 → 64 | single | scratch | 8 fixed, ran 7 |" in text
 
 
+def test_balanced_accuracy_of_older_records_and_targets_stated_at_one_resolution(tmp_path: Path):
+    make_docs = _load("make_docs")
+    ham = []
+    for seed, img_size in ((0, 128), (1, 128), (2, 64), (3, 64), (4, 64)):
+        record = _record("ham10000-dcat", "dcat", seed, "ham10000", 0.85, 0.80)
+        record["img_size"] = img_size
+        # 3 of class 0 right, 1 of 2 of class 1 right: accuracy .8, balanced accuracy (1 + .5) / 2 = .75;
+        # the older records hold no `bacc`, so it comes from their test cases.
+        record["tasks"]["label"]["per_case"] = {
+            "case_id": list("abcde"), "patient_id": list("abcde"), "label": [0, 0, 0, 1, 1],
+            "probs": [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.4, 0.6], [0.6, 0.4]]}
+        ham.append(record)
+    ham[1]["tasks"]["label"]["bacc"] = _metric(0.65, 0.5, 0.8)  # a newer record: its own number is used
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": ham}))
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [])
+    # the 128-px target reads only the two 128-px seeds, not the three 64-px ones (more seeds, wrong size)
+    assert "| HAM10000 dermoscopy (7 classes) | dcat | balanced ACC | ≥ 0.700 | 0.700 ± 0.071 | 2 | " \
+           "CPU, 128 → 128 px, scratch, 8 fixed, ran 7 epochs | met |" in text
+    assert "| 3 | 0.850 ± 0.000 | 0.800 ± 0.000 | 0.750 ± 0.000 |" in text  # the 64-px row's balanced ACC column
+    assert "| TB chest X-ray (Shenzhen + Montgomery) | dcat | AUC | ≥ 0.980 | – | 0 | – | not measured |" in text
+
+
 def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
     make_docs = _load("make_docs")
     assert make_docs.main(["--results", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2

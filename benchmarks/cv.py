@@ -1,0 +1,299 @@
+"""Cross-validation benchmark on real data: run each row of configs/benchmarks/cv_rows.yaml through
+`dualfuse cv` and record the pooled out-of-fold macro AUC, balanced accuracy and accuracy with their
+95% CIs, each metric's mean ± sd over the folds, the K-model ensemble's test numbers where the set has
+a test split, training time, the machine and the one command that reproduces the record.
+
+    DUALFUSE_DATA=../shared/data python benchmarks/cv.py --datasets tb herlev ham10000 --seeds 0 1 2 \\
+        --threads 1 --out docs/results/cv_cpu.json
+
+Why cv: on a few hundred images one test split leaves a CI as wide as the differences that matter;
+out of fold, every case is scored once by the model that never saw it. Records merge into --out by
+(row, seed, device) after every run, so the matrix resumes: a (row, seed) recorded with the same cv
+arguments is skipped (--redo reruns it), and a cv folder interrupted mid-fold continues at that fold
+(`cross_validate` resumes it). Runs go through the public API (`dualfuse.api.cv.cross_validate`),
+exactly what `dualfuse cv` does; each record names that command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
+
+ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "cv_rows.yaml"
+# The pooled out-of-fold numbers each record keeps (the library's metric names).
+METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "f1_macro")
+STAMP = "cv-args.json"  # beside each cv folder: the cv arguments it was started with
+
+
+class BenchmarkError(ValueError):
+    """A problem with the row table or the arguments, in one line."""
+
+
+def load_rows(path: Path = ROWS_FILE) -> list[dict]:
+    """The row table, each row with its `folds`, `test_fraction` and `overrides` filled in, ids checked."""
+    table = yaml.safe_load(path.read_text()) or {}
+    rows, seen = table.get("rows") or [], set()
+    for row in rows:
+        missing = {"id", "suite", "dataset", "model", "configs"} - set(row)
+        if missing:
+            raise BenchmarkError(f"{path}: row {row.get('id', row)} lacks {sorted(missing)}")
+        if row["id"] in seen:
+            raise BenchmarkError(f"{path}: duplicate row id {row['id']!r}")
+        seen.add(row["id"])
+        row.setdefault("folds", table.get("folds", 5))
+        row.setdefault("test_fraction", 0.0)
+        row.setdefault("overrides", {})
+    return rows
+
+
+def select_rows(rows: list[dict], ids=None, datasets=None) -> list[dict]:
+    """Rows matching every filter given, in --rows order; an unknown row id is an error, not an empty run."""
+    unknown = set(ids or ()) - {r["id"] for r in rows}
+    if unknown:
+        raise BenchmarkError(f"unknown row id(s) {sorted(unknown)}; see {ROWS_FILE.relative_to(REPO_ROOT)}")
+    chosen = [r for r in rows if (not ids or r["id"] in ids) and (not datasets or r["dataset"] in datasets)]
+    return sorted(chosen, key=lambda r: ids.index(r["id"])) if ids else chosen
+
+
+def run_dir(args: argparse.Namespace, row: dict, seed: int) -> Path:
+    return args.runs_dir / row["id"] / f"seed{seed}"
+
+
+def _value(value, seed: int) -> str:
+    text = "null" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return text.replace("{seed}", str(seed))
+
+
+def config_argv(row: dict, seed: int, out: Path, accelerator: str | None = None) -> list[str]:
+    """The run-config arguments of one row and seed (what `dualfuse cv` passes on to `train`'s parser)."""
+    argv = [arg for config in row["configs"] for arg in ("--config", config)]
+    for key, value in row["overrides"].items():
+        argv += [f"--{key}", _value(value, seed)]
+    argv += ["--train.seed", str(seed), "--output", str(out)]
+    if accelerator:
+        argv += ["--train.accelerator", accelerator]
+    return argv
+
+
+def cv_argv(row: dict, seed: int, out: Path, accelerator: str | None = None) -> list[str]:
+    """The `dualfuse cv` arguments of one row and seed: cv's own options, then the run config."""
+    options = ["--folds", str(row["folds"])]
+    if row["test_fraction"]:
+        options += ["--test-fraction", str(row["test_fraction"])]
+    return options + config_argv(row, seed, out, accelerator)
+
+
+def parse_row(row: dict, seed: int, out: Path, accelerator: str | None = None):
+    """The validated run config of one row and seed, as `dualfuse cv` parses it."""
+    from dualfuse.config import parse_run_args
+
+    config, _ = parse_run_args([*config_argv(row, seed, out, accelerator), "--train.progress_bar", "false"])
+    return config
+
+
+def _device(accelerator: str | None) -> str:
+    import torch
+
+    return "cpu" if accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
+
+
+def weights(row: dict, config) -> str:
+    """What the folds started from: scratch, in-domain weights (init_from, as the row names them, so
+    every seed's record of the row reads the same) or ImageNet."""
+    pretrained = config.model.kwargs.get("pretrained")
+    if config.model.init_from:
+        return f"init_from {row['overrides'].get('model.init_from', config.model.init_from)}"
+    if pretrained:
+        return "ImageNet (timm)" if pretrained is True else f"pretrained {pretrained}"
+    return "scratch"
+
+
+def _metric(entry: dict | None) -> dict | None:
+    return None if entry is None else {k: entry.get(k) for k in ("value", "ci_low", "ci_high")}
+
+
+def reproduce_command(row: dict, seed: int, args: argparse.Namespace) -> str:
+    """The one command that repeats this record (same row, seed, folds, device and overrides)."""
+    command = ["python", "benchmarks/cv.py", "--rows", row["id"], "--seeds", str(seed)]
+    for option in ("folds", "accelerator", "threads"):
+        if getattr(args, option):
+            command += [f"--{option}", str(getattr(args, option))]
+    if args.set:
+        command += ["--set", *args.set]
+    return "DUALFUSE_DATA=../shared/data " + shlex.join(command)
+
+
+def prepare(out: Path, argv: list[str], redo: bool) -> None:
+    """Keep a cv folder started with these arguments (cross_validate resumes it); start over when it was
+    started with others (rows or --set changed) or with `redo`."""
+    stamp = out.parent / f"{out.name}.{STAMP}"
+    if out.exists() and (redo or read_json(stamp, None) != argv):
+        shutil.rmtree(out)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, argv)
+
+
+def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
+    """Cross-validate one row with one seed; return its record."""
+    from dualfuse.api.cv import cross_validate
+
+    out = run_dir(args, row, seed)
+    argv = cv_argv(row, seed, out, args.accelerator)
+    init_from = row["overrides"].get("model.init_from")
+    if init_from and not Path(_value(init_from, seed)).exists():
+        raise BenchmarkError(f"row {row['id']}: model.init_from {_value(init_from, seed)} not found; run "
+                             f"`python benchmarks/pretrain.py --heldout {row['dataset']} --trunks resnet18 --seeds "
+                             f"{seed}` first")
+    config = parse_row(row, seed, out, args.accelerator)
+    if config.data.max_eval_cases:
+        raise BenchmarkError(f"row {row['id']}: data.max_eval_cases would leave folded cases unscored out of fold")
+    prepare(out, argv, args.redo)
+    load = os.getloadavg()[0]  # a busy shared machine slows training: keep the evidence with the time
+    started = time.perf_counter()
+    summary = cross_validate(config, folds=row["folds"], test_fraction=row["test_fraction"])
+    if not summary or summary.get("interrupted"):
+        raise BenchmarkError(f"row {row['id']} seed {seed}: cv interrupted; run the benchmark again to resume it")
+    (task, scored), = summary["tasks"].items()
+    folds = [read_json(out / Path(model).parent / "metrics.json", {}) for model in summary["fold_models"]]
+    ensemble = (summary.get("ensemble") or {}).get(task, {}).get("test")
+    return {
+        "row": row["id"], "seed": seed, "suite": row["suite"], "dataset": row["dataset"], "model": row["model"],
+        **machine(_device(args.accelerator)),
+        "source_px": SOURCE_PX.get(row["dataset"]), "img_size": config.data.img_size,
+        "in_chans": config.model.kwargs.get("in_chans"), "weights": weights(row, config),
+        "max_train_cases": config.data.max_train_cases, "epochs": config.train.epochs,
+        "early_stopping_patience": config.train.early_stopping_patience,
+        "epochs_trained": [f.get("epochs_trained") for f in folds],
+        "folds": row["folds"], "test_fraction": row["test_fraction"], "cases": summary["cv"]["cases"],
+        "out_of_fold": {**{key: _metric(scored["out_of_fold"].get(key)) for key in METRICS},
+                        "n": scored["out_of_fold"]["n"], "ci_method": scored["out_of_fold"].get("ci_method")},
+        "per_fold": {key: summary["folds"].get(task, {}).get("val", {}).get(key) for key in METRICS},
+        "ensemble_test": None if ensemble is None else {**{key: _metric(ensemble.get(key)) for key in METRICS},
+                                                        "n": ensemble["n"]},
+        # every fold's own training time (a resumed cv's summary counts only the folds trained in that call)
+        "train_seconds": round(sum(f.get("train_seconds") or 0.0 for f in folds), 1),
+        "wall_seconds": round(time.perf_counter() - started, 1), "load_avg_at_start": round(load, 2),
+        "predictions": str(out / "predictions.csv"),
+        "command": reproduce_command(row, seed, args),
+        "cv_command": "dualfuse cv " + shlex.join(argv),
+    }
+
+
+def record_key(record: dict) -> tuple:
+    return record["row"], record["seed"], record["device"]
+
+
+def already_measured(records: list[dict], row: dict, seed: int, device: str, args: argparse.Namespace) -> bool:
+    """Resume: a record of this (row, seed, device) made with the same cv arguments (configs, overrides,
+    folds; cv_rows.yaml may have changed since) is kept. CPU threads only change the speed."""
+    command = "dualfuse cv " + shlex.join(cv_argv(row, seed, run_dir(args, row, seed), args.accelerator))
+    return any(record_key(r) == (row["id"], seed, device) and r.get("cv_command") == command for r in records)
+
+
+def _mean_sd(values: list, digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def print_table(records: list[dict], title: str) -> None:
+    """Mean ± sd over seeds per row and device of the pooled out-of-fold numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["row"], record["device"]), []).append(record)
+    table = Table(title=title)
+    for column in ("row", "device", "px", "folds", "seeds", "OOF AUC", "OOF bal. acc", "OOF acc", "train s"):
+        table.add_column(column, justify="left" if column in ("row", "device") else "right")
+    for (row, device), items in groups.items():
+        oof = [i["out_of_fold"] for i in items]
+        table.add_row(row, device, f"{items[0]['source_px']} → {items[0]['img_size']}", str(items[0]["folds"]),
+                      str(len(items)), *(_mean_sd([(o[k] or {}).get("value") for o in oof])
+                                         for k in ("roc_auc", "balanced_accuracy", "accuracy")),
+                      _mean_sd([i["train_seconds"] for i in items], 0))
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
+    parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--folds", type=int, help="K for every selected row (default: each row's, 5)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/cv_cpu.json"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("benchmarks/results/cv_runs"))
+    parser.add_argument("--accelerator", help="passed to train.accelerator (cpu, gpu, auto)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="extra dotted overrides for every selected row (e.g. train.epochs=1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    parser.add_argument("--rows-file", type=Path, default=ROWS_FILE)
+    parser.add_argument("--redo", action="store_true",
+                        help="rerun (row, seed) pairs that --out already holds with the same command, from fold 0")
+    parser.add_argument("--list", action="store_true", help="print the selected runs and their cv arguments, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        rows = select_rows(load_rows(args.rows_file), args.rows, args.datasets)
+        if not rows:
+            raise BenchmarkError("no row matches the filters")
+        extra = dict(item.split("=", 1) for item in args.set if "=" in item)
+        if len(extra) != len(args.set):
+            raise BenchmarkError(f"--set takes KEY=VALUE, got {args.set}")
+        if args.folds is not None and args.folds < 2:
+            raise BenchmarkError(f"--folds must be at least 2, got {args.folds}")
+    except BenchmarkError as error:
+        print(f"cv.py: {error}", file=sys.stderr)
+        return 2
+    rows = [row | {"overrides": {**row["overrides"], **extra}, "folds": args.folds or row["folds"]} for row in rows]
+    # Seed-major: a short session covers every row once before it repeats one.
+    items = [(seed, row) for seed in args.seeds for row in rows]
+    if args.list:
+        for seed, row in items:
+            print(row["id"], "dualfuse cv", shlex.join(cv_argv(row, seed, run_dir(args, row, seed), args.accelerator)))
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    device, failures, done = _device(args.accelerator), 0, []
+    for seed, row in items:
+        if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
+            print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
+            continue
+        print(f"== {row['id']} seed {seed}", flush=True)
+        try:
+            record = run_one(row, seed, args)
+        except Exception as error:  # one failed row must not lose the others
+            failures += 1
+            print(f"cv.py: {row['id']} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
+            continue
+        done.append(record)
+        data = read_json(args.out, {"benchmark": "cv", "records": []})
+        data["records"] = merge_records(data["records"], [record], record_key)
+        write_json(args.out, data)
+    if done:
+        print_table(done, f"cross-validation benchmark ({len(done)} runs) -> {args.out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
