@@ -4,9 +4,12 @@ Kept free of heavy imports so `make_docs.py` (and its test) run without torch.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import statistics
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +96,68 @@ def merge_records(old: list[dict], new: list[dict], key) -> list[dict]:
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
     return sorted(merged.values(), key=lambda r: tuple(str(k) for k in key(r)))
+
+
+def record_key(record: dict) -> tuple:
+    """A result's identity in a results file: one record per (row, seed, device), the newest kept."""
+    return record["row"], record["seed"], record["device"]
+
+
+def mean_sd(values: list, digits: int = 3) -> str:
+    """Seeds' numbers as "mean ± sd" (one: the value; none: "n/a"); missing values are skipped."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def show_table(title: str, columns: tuple[str, ...], rows: list[list[str]], left: int, width: int = 120) -> None:
+    """A rich table on the terminal: the first `left` columns left-aligned (names), the rest numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(Console().width, width)).print(table)
+
+
+def row_matrix_parser(description: str, out: Path, runs_dir: Path, rows_file: Path) -> argparse.ArgumentParser:
+    """The arguments every (row x seed) benchmark matrix takes: which rows and seeds, where results and
+    run folders go, overrides, threads, resume control; each script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
+    parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--runs-dir", type=Path, default=runs_dir)
+    parser.add_argument("--rows-file", type=Path, default=rows_file)
+    parser.add_argument("--accelerator", help="passed to train.accelerator (cpu, gpu, auto)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="extra dotted overrides for every selected row (e.g. train.epochs=1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    parser.add_argument("--redo", action="store_true",
+                        help="rerun (row, seed) pairs that --out already holds with the same command (default: skip them)")
+    parser.add_argument("--list", action="store_true", help="print the selected runs and their arguments, then exit")
+    return parser
+
+
+def run_and_merge(script: str, run_one, row: dict, seed: int, args, new_file: dict | None = None) -> dict | None:
+    """Run one (row, seed) with `run_one(row, seed, args)` and merge its record into `args.out` at once, so
+    a later crash loses nothing; a failure is one line on stderr and None, so one failed row never loses
+    the others."""
+    out = args.out
+    print(f"== {row['id']} seed {seed}", flush=True)
+    try:
+        record = run_one(row, seed, args)
+    except Exception as error:
+        print(f"{script}: {row['id']} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
+        return None
+    data = read_json(out, {**(new_file or {}), "records": []})
+    data["records"] = merge_records(data["records"], [record], record_key)
+    write_json(out, data)
+    return record

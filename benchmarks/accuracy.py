@@ -15,7 +15,6 @@ import argparse
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,19 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    SOURCE_PX,
+    machine,
+    mean_sd,
+    merge_records,
+    read_json,
+    record_key,
+    row_matrix_parser,
+    run_and_merge,
+    show_table,
+    write_json,
+)
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "bacc": "balanced_accuracy", "f1": "f1_macro"}
@@ -153,6 +164,8 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     load = os.getloadavg()[0]  # a busy shared machine slows training: keep the evidence with the time
     config, _ = parse_run_args([*argv, "--train.progress_bar", "false"])
     trained = train(config)
+    if trained.get("interrupted"):  # Ctrl-C or SIGTERM: stop the matrix, not just this row
+        raise KeyboardInterrupt(f"row {row['id']} seed {seed}: training interrupted")
     started = time.perf_counter()
     evaluated = evaluate(run_dir, mc_samples=args.mc_samples, partners=row.get("partners"))
     eval_seconds = time.perf_counter() - started
@@ -235,38 +248,20 @@ def config_classes(run_dir: Path, task: str) -> list[str]:
     return json.loads((run_dir / "model" / "model.json").read_text())["tasks"][task]
 
 
-def record_key(record: dict) -> tuple:
-    return record["row"], record["seed"], record["device"]
-
-
-def _mean_sd(values: list[float], digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def print_table(records: list[dict], title: str) -> None:
     """Mean ± sd across seeds per row, task and device."""
-    from rich.console import Console
-    from rich.table import Table
-
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         for task, numbers in record["tasks"].items():
             groups.setdefault((record["row"], task, record["device"]), []).append(numbers | {
                 "train_seconds": record["train_seconds"]})
-    table = Table(title=title)
-    for column in ("row", "task", "device", "seeds", "AUC", "ACC", "F1", "ECE", "ECE (T)", "AURC", "train s"):
-        table.add_column(column, justify="left" if column in ("row", "task", "device") else "right")
-    for (row, task, device), items in groups.items():
-        table.add_row(row, task, device, str(len(items)),
-                      *(_mean_sd([i[k]["value"] for i in items]) for k in HEADLINE),
-                      *(_mean_sd([i.get(k) for i in items]) for k in ("ece", "ece_temperature", "aurc")),
-                      _mean_sd([i["train_seconds"] for i in items], 0))
-    Console(width=max(Console().width, 140)).print(table)
+    show_table(title, ("row", "task", "device", "seeds", "AUC", "ACC", "bal. ACC", "F1", "ECE", "ECE (T)", "AURC",
+                       "train s"), [
+        [row, task, device, str(len(items)),
+         *(mean_sd([(i.get(k) or {}).get("value") for i in items]) for k in HEADLINE),
+         *(mean_sd([i.get(k) for i in items]) for k in ("ece", "ece_temperature", "aurc")),
+         mean_sd([i["train_seconds"] for i in items], 0)]
+        for (row, task, device), items in groups.items()], left=3, width=140)
 
 
 def already_measured(records: list[dict], row: dict, seed: int, device: str, args: argparse.Namespace) -> bool:
@@ -291,29 +286,17 @@ def claim(claim_dir: Path | None, row: dict, seed: int) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
-    parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
+    parser = row_matrix_parser(__doc__.splitlines()[0], Path("benchmarks/results/accuracy.json"),
+                               Path("benchmarks/results/runs"), ROWS_FILE)
     parser.add_argument("--models", nargs="+", help="only rows of these models (e.g. dcat resnet18)")
     parser.add_argument("--suite", choices=("cpu", "paper", "gpu128"), help="only rows of this suite")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("benchmarks/results/runs"))
-    parser.add_argument("--accelerator", help="passed to train.accelerator (cpu, gpu, auto)")
     parser.add_argument("--devices", help="passed to train.devices")
     parser.add_argument("--mc-samples", type=int, default=30)
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="extra dotted overrides for every selected row (e.g. train.epochs=1)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
     parser.add_argument("--budget-s", type=float, help="start no new run after this many seconds")
     parser.add_argument("--claim-dir", type=Path,
                         help="a folder shared by parallel processes: each (row, seed) runs in the first to claim it")
-    parser.add_argument("--rows-file", type=Path, default=ROWS_FILE)
     parser.add_argument("--rescore", action="store_true",
                         help="re-read the selected records' numbers from their run folders (no training), then exit")
-    parser.add_argument("--redo", action="store_true",
-                        help="rerun (row, seed) pairs that --out already holds with the same command (default: skip them)")
-    parser.add_argument("--list", action="store_true", help="print the selected runs and their train arguments, then exit")
     return parser.parse_args(argv)
 
 
@@ -363,17 +346,9 @@ def main(argv=None) -> int:
             continue
         if not claim(args.claim_dir, row, seed):
             continue
-        print(f"== {row['id']} seed {seed}", flush=True)
-        try:
-            record = run_one(row, seed, args)
-        except Exception as error:  # one failed row must not lose the others
-            failures += 1
-            print(f"accuracy.py: {row['id']} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
-            continue
-        done.append(record)
-        data = read_json(args.out, {"records": []})
-        data["records"] = merge_records(data["records"], [record], record_key)
-        write_json(args.out, data)
+        record = run_and_merge("accuracy.py", run_one, row, seed, args)
+        failures += record is None
+        done += [record] if record else []
     if done:
         print_table(done, f"accuracy benchmark ({len(done)} runs) -> {args.out}")
     return 1 if failures else 0

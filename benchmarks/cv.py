@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,18 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    SOURCE_PX,
+    machine,
+    mean_sd,
+    read_json,
+    record_key,
+    row_matrix_parser,
+    run_and_merge,
+    show_table,
+    write_json,
+)
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "cv_rows.yaml"
 # The pooled out-of-fold numbers each record keeps (the library's metric names).
@@ -144,6 +154,21 @@ def prepare(out: Path, argv: list[str], redo: bool) -> None:
     write_json(stamp, argv)
 
 
+def oof_cases(out: Path, task: str) -> dict:
+    """Each folded case's out-of-fold probabilities: rows of one dataset and seed share their folds, so
+    make_docs.py pairs them case by case (model A − model B on the same cases, scored by fold models
+    that never saw them)."""
+    import pandas as pd
+
+    frame = pd.read_csv(out / "predictions.csv", dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
+    prefix = f"{task}_prob_"
+    columns = [c for c in frame.columns if c.startswith(prefix)]
+    classes = [c[len(prefix):] for c in columns]
+    return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
+            "label": [classes.index(c) for c in frame[f"{task}_true"]],
+            "probs": frame[columns].round(6).to_numpy().tolist()}
+
+
 def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     """Cross-validate one row with one seed; return its record."""
     from dualfuse.api.cv import cross_validate
@@ -162,8 +187,8 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     load = os.getloadavg()[0]  # a busy shared machine slows training: keep the evidence with the time
     started = time.perf_counter()
     summary = cross_validate(config, folds=row["folds"], test_fraction=row["test_fraction"])
-    if not summary or summary.get("interrupted"):
-        raise BenchmarkError(f"row {row['id']} seed {seed}: cv interrupted; run the benchmark again to resume it")
+    if not summary or summary.get("interrupted"):  # Ctrl-C or SIGTERM: stop the matrix, not just this row
+        raise KeyboardInterrupt(f"row {row['id']} seed {seed}: cv interrupted; run the benchmark again to resume it")
     (task, scored), = summary["tasks"].items()
     folds = [read_json(out / Path(model).parent / "metrics.json", {}) for model in summary["fold_models"]]
     ensemble = (summary.get("ensemble") or {}).get(task, {}).get("test")
@@ -184,14 +209,10 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         # every fold's own training time (a resumed cv's summary counts only the folds trained in that call)
         "train_seconds": round(sum(f.get("train_seconds") or 0.0 for f in folds), 1),
         "wall_seconds": round(time.perf_counter() - started, 1), "load_avg_at_start": round(load, 2),
-        "predictions": str(out / "predictions.csv"),
+        "predictions": str(out / "predictions.csv"), "per_case": oof_cases(out, task),
         "command": reproduce_command(row, seed, args),
         "cv_command": "dualfuse cv " + shlex.join(argv),
     }
-
-
-def record_key(record: dict) -> tuple:
-    return record["row"], record["seed"], record["device"]
 
 
 def already_measured(records: list[dict], row: dict, seed: int, device: str, args: argparse.Namespace) -> bool:
@@ -201,51 +222,23 @@ def already_measured(records: list[dict], row: dict, seed: int, device: str, arg
     return any(record_key(r) == (row["id"], seed, device) and r.get("cv_command") == command for r in records)
 
 
-def _mean_sd(values: list, digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def print_table(records: list[dict], title: str) -> None:
     """Mean ± sd over seeds per row and device of the pooled out-of-fold numbers."""
-    from rich.console import Console
-    from rich.table import Table
-
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault((record["row"], record["device"]), []).append(record)
-    table = Table(title=title)
-    for column in ("row", "device", "px", "folds", "seeds", "OOF AUC", "OOF bal. acc", "OOF acc", "train s"):
-        table.add_column(column, justify="left" if column in ("row", "device") else "right")
-    for (row, device), items in groups.items():
-        oof = [i["out_of_fold"] for i in items]
-        table.add_row(row, device, f"{items[0]['source_px']} → {items[0]['img_size']}", str(items[0]["folds"]),
-                      str(len(items)), *(_mean_sd([(o[k] or {}).get("value") for o in oof])
-                                         for k in ("roc_auc", "balanced_accuracy", "accuracy")),
-                      _mean_sd([i["train_seconds"] for i in items], 0))
-    Console(width=max(Console().width, 120)).print(table)
+    show_table(title, ("row", "device", "px", "folds", "seeds", "OOF AUC", "OOF bal. acc", "OOF acc", "train s"), [
+        [row, device, f"{items[0]['source_px']} → {items[0]['img_size']}", str(items[0]["folds"]), str(len(items)),
+         *(mean_sd([(i["out_of_fold"][k] or {}).get("value") for i in items])
+           for k in ("roc_auc", "balanced_accuracy", "accuracy")),
+         mean_sd([i["train_seconds"] for i in items], 0)]
+        for (row, device), items in groups.items()], left=2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=lambda s: [x for x in s.split(",") if x], help="row ids, comma-separated")
-    parser.add_argument("--datasets", nargs="+", help="only rows scored on these datasets")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = row_matrix_parser(__doc__.splitlines()[0], Path("docs/results/cv_cpu.json"),
+                               Path("benchmarks/results/cv_runs"), ROWS_FILE)
     parser.add_argument("--folds", type=int, help="K for every selected row (default: each row's, 5)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/cv_cpu.json"))
-    parser.add_argument("--runs-dir", type=Path, default=Path("benchmarks/results/cv_runs"))
-    parser.add_argument("--accelerator", help="passed to train.accelerator (cpu, gpu, auto)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="extra dotted overrides for every selected row (e.g. train.epochs=1)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
-    parser.add_argument("--rows-file", type=Path, default=ROWS_FILE)
-    parser.add_argument("--redo", action="store_true",
-                        help="rerun (row, seed) pairs that --out already holds with the same command, from fold 0")
-    parser.add_argument("--list", action="store_true", help="print the selected runs and their cv arguments, then exit")
     return parser.parse_args(argv)
 
 
@@ -279,17 +272,9 @@ def main(argv=None) -> int:
         if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
             print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
             continue
-        print(f"== {row['id']} seed {seed}", flush=True)
-        try:
-            record = run_one(row, seed, args)
-        except Exception as error:  # one failed row must not lose the others
-            failures += 1
-            print(f"cv.py: {row['id']} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
-            continue
-        done.append(record)
-        data = read_json(args.out, {"benchmark": "cv", "records": []})
-        data["records"] = merge_records(data["records"], [record], record_key)
-        write_json(args.out, data)
+        record = run_and_merge("cv.py", run_one, row, seed, args, {"benchmark": "cv"})
+        failures += record is None
+        done += [record] if record else []
     if done:
         print_table(done, f"cross-validation benchmark ({len(done)} runs) -> {args.out}")
     return 1 if failures else 0

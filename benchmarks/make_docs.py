@@ -768,8 +768,42 @@ def cv_section(records: list[dict]) -> list[str]:
                   "validation AUC (mean ± sd over folds)</summary>", "",
                   "| model | device | seed | cases | OOF AUC [95% CI] | OOF balanced acc [95% CI] | OOF acc [95% CI] "
                   "| fold AUC |", "|---|---|--:|--:|---|---|---|---|", *per_seed, "", "</details>", ""]
+    lines += cv_paired(groups)
     lines += ["Commands and machines:", "", *(f"{i}. {c}" for i, c in enumerate(commands, 1)), ""]
     return lines
+
+
+# Beyond the fusion comparisons: the recipe and the in-domain trunk, each against the plain ResNet-18.
+CV_COMPARISONS = (*COMPARISONS, ("resnet18 + small-data recipe", "resnet18"), ("resnet18 in-domain pretrained", "resnet18"))
+
+
+def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[str]:
+    """Out-of-fold AUC of one cv row minus another of the same dataset, protocol and seed (hence the same
+    folds), paired case by case: the same bootstrap as the test-split comparisons."""
+    entries = {(dataset, r[0]["model"], device, protocol): {"runs": [{"seed": x["seed"], "numbers": x} for x in r],
+                                                            "device": device, "img_size": r[0]["img_size"],
+                                                            "source_px": r[0]["source_px"]}
+               for (dataset, _, device, protocol), r in groups.items()}
+    lines = []
+    for (dataset, model, device, protocol), a in entries.items():
+        for model_a, model_b in CV_COMPARISONS:
+            b = entries.get((dataset, model_b, device, protocol))
+            if model != model_a or not b:
+                continue
+            diff = paired_difference(a, b, n_bootstrap)
+            if diff:
+                lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model_a} − {model_b} | "
+                             f"{DEVICE_LABELS.get(device, device)} | {a['source_px']} → {a['img_size']} | "
+                             f"{', '.join(map(str, diff['seed_list']))} | {diff['delta']:+.3f} "
+                             f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | **{diff['verdict']}** |")
+    if not lines:
+        return []
+    return ["### Paired, out of fold", "",
+            "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
+            "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several; "
+            "pooled over the seeds both have).", "",
+            "| dataset | comparison | device | source px → input | seeds | ΔAUC [95% CI] | verdict |",
+            "|---|---|---|---|---|--:|---|", *lines, ""]
 
 
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,

@@ -71,6 +71,9 @@ def test_tiny_herlev_row_end_to_end_resumes_and_renders(bench, make_docs, data_r
         assert oof[key]["ci_low"] <= oof[key]["value"] <= oof[key]["ci_high"]
         assert record["per_fold"][key]["folds"] == 2
     assert record["ensemble_test"] is None and record["epochs_trained"] == [1, 1] and record["train_seconds"] > 0
+    cases = record["per_case"]  # each folded image's out-of-fold probabilities, for paired comparisons
+    assert len(cases["case_id"]) == len(set(cases["case_id"])) == len(cases["probs"]) == oof["n"]
+    assert set(cases["label"]) == set(range(7)) and all(abs(sum(p) - 1) < 1e-4 for p in cases["probs"])
     assert "--rows herlev-resnet18 --seeds 0 --folds 2" in record["command"]
     assert record["cv_command"].startswith("dualfuse cv --folds 2 --config configs/cpu/herlev.yaml")
 
@@ -109,3 +112,25 @@ def test_a_32px_number_neither_meets_nor_misses_a_128px_target(make_docs, datase
     assert make_docs.cv_target_status(dataset, [_cv_record(dataset, 128, 0.5, 0.1)]) == "**missed**"
     both = [_cv_record(dataset, 128, 0.999, 0.95), _cv_record(dataset, 128, 0.5, 0.1, seed=1)]
     assert make_docs.cv_target_status(dataset, both) == "**missed**"  # judged on the mean over seeds
+
+
+def test_rows_sharing_folds_are_paired_case_by_case(make_docs):
+    rng = __import__("numpy").random.default_rng(0)
+    labels = rng.integers(0, 2, 300).tolist()
+    def cases(noise):  # the label's probability, blurred by `noise`
+        p = [min(max(y + rng.normal(0, noise), 0.0), 1.0) for y in labels]
+        return {"case_id": [f"c{i}" for i in range(300)], "patient_id": [""] * 300, "label": labels,
+                "probs": [[1 - q, q] for q in p]}
+    records = []
+    for seed in (0, 1):
+        for model, noise in (("resnet18", 0.9), ("dcat", 0.3), ("resnet18 + small-data recipe", 0.9)):
+            record = _cv_record("herlev", 32, 0.8, 0.7, seed=seed) | {"model": model, "row": f"herlev-{model}"}
+            records.append(record | {"per_case": cases(noise)})
+    odd = _cv_record("herlev", 64, 0.8, 0.7) | {"model": "resnet18 in-domain pretrained", "per_case": cases(0.1)}
+    text = "\n".join(make_docs.cv_section([*records, odd]))
+    assert "### Paired, out of fold" in text
+    dcat = next(x for x in text.splitlines() if "| dcat − resnet18 |" in x)
+    assert "| 128 → 32 | 0, 1 |" in dcat and dcat.endswith("| **win** |")
+    recipe = next(x for x in text.splitlines() if "| resnet18 + small-data recipe − resnet18 |" in x)
+    assert recipe.endswith("| **tie** |")
+    assert "in-domain pretrained − resnet18" not in text  # another input size: never paired
