@@ -172,3 +172,22 @@ def run_and_merge(script: str, run_one, row: dict, seed: int, args, new_file: di
     data["records"] = merge_records(data["records"], [record], record_key)
     write_json(out, data)
     return record
+
+
+def run_matrix(script: str, items: list, run_one, already_measured, args, device: str,
+               new_file: dict | None = None, may_run=None) -> tuple[list[dict], int]:
+    """Run every (seed, row) of `items` that `args.out` does not already hold (unless --redo) and that
+    `may_run(row, seed)` allows, merging each record as it arrives; return the new records and the
+    number of failed runs."""
+    done, failures = [], 0
+    for seed, row in items:
+        if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
+            print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
+            continue
+        if may_run is not None and not may_run(row, seed):
+            continue
+        record = run_and_merge(script, run_one, row, seed, args, new_file)
+        failures += record is None
+        done += [record] if record else []
+    return done, failures
+

@@ -31,7 +31,7 @@ from _common import (  # noqa: E402
     read_json,
     record_key,
     row_matrix_parser,
-    run_and_merge,
+    run_matrix,
     show_table,
     write_json,
 )
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
         for seed, row in items:
             print(row["id"], *train_argv(row, seed, args.runs_dir / row["id"] / f"seed{seed}", None, None))
         return 0
-    started, failures, done = time.perf_counter(), 0, []
+    started = time.perf_counter()
     device = _device(args.accelerator)
     if args.rescore:
         data = read_json(args.out, {"records": []})
@@ -337,18 +337,14 @@ def main(argv=None) -> int:
         write_json(args.out, data)
         print(f"accuracy.py: re-read {len(fresh)} record(s) from {args.runs_dir} into {args.out}")
         return 0
-    for seed, row in items:
+
+    def may_run(row: dict, seed: int) -> bool:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
             print(f"accuracy.py: budget of {args.budget_s:.0f} s spent; skipping {row['id']} seed {seed}")
-            continue
-        if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
-            print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
-            continue
-        if not claim(args.claim_dir, row, seed):
-            continue
-        record = run_and_merge("accuracy.py", run_one, row, seed, args)
-        failures += record is None
-        done += [record] if record else []
+            return False
+        return claim(args.claim_dir, row, seed)
+
+    done, failures = run_matrix("accuracy.py", items, run_one, already_measured, args, device, may_run=may_run)
     if done:
         print_table(done, f"accuracy benchmark ({len(done)} runs) -> {args.out}")
     return 1 if failures else 0

@@ -35,7 +35,7 @@ from _common import (  # noqa: E402
     read_json,
     record_key,
     row_matrix_parser,
-    run_and_merge,
+    run_matrix,
     show_table,
     write_json,
 )
@@ -267,14 +267,8 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    device, failures, done = _device(args.accelerator), 0, []
-    for seed, row in items:
-        if not args.redo and already_measured(read_json(args.out, {"records": []})["records"], row, seed, device, args):
-            print(f"== {row['id']} seed {seed}: already in {args.out} (same command); --redo reruns it")
-            continue
-        record = run_and_merge("cv.py", run_one, row, seed, args, {"benchmark": "cv"})
-        failures += record is None
-        done += [record] if record else []
+    done, failures = run_matrix("cv.py", items, run_one, already_measured, args, _device(args.accelerator),
+                                {"benchmark": "cv"})
     if done:
         print_table(done, f"cross-validation benchmark ({len(done)} runs) -> {args.out}")
     return 1 if failures else 0

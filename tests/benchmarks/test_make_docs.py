@@ -131,6 +131,22 @@ def test_balanced_accuracy_of_older_records_and_targets_stated_at_one_resolution
     assert "| TB chest X-ray (Shenzhen + Montgomery) | dcat | AUC | ≥ 0.980 | – | 0 | – | not measured |" in text
 
 
+def test_a_target_prefers_the_run_on_all_training_images_and_says_what_each_saw(tmp_path: Path):
+    make_docs = _load("make_docs")
+    subset = _record("brain_mri-dcat", "dcat", 0, "brain_mri", 0.95, 0.80)  # older: no max_train_cases field
+    subset["img_size"] = 64
+    subset["train_command"] = "dualfuse train --config configs/cpu/dcat_brain_mri.yaml --train.seed 0 && x"
+    full = _record("brain_mri64-dcat", "dcat", 0, "brain_mri", 0.99, 0.97) | {"max_train_cases": None}
+    full["img_size"] = 64
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": [subset, full]}))
+    assert make_docs.train_cases(subset) == (True, 1500)  # read from the committed config it names
+    assert make_docs.train_cases(_record("x", "dcat", 0, "tb", 0.9, 0.9)) == (False, None)  # cannot tell
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [])
+    # one seed each: the run on all 5501 images answers the target, not the 1500-image subset listed first
+    assert "| Brain tumor MRI (4 classes) | dcat | ACC | ≥ 0.960 | 0.970 | 1 | CPU, 224 → 64 px, scratch, " \
+           "8 fixed, ran 7 epochs, all training images | met |" in text
+
+
 def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
     make_docs = _load("make_docs")
     assert make_docs.main(["--results", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 2

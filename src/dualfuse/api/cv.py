@@ -152,7 +152,6 @@ def cross_validate(config: RunConfig, folds: int, repeats: int = 1, test_fractio
     out.prepare()
     atomic_write_json(out.path / CV_FILE, settings)
     fold_runs = [RunFolder(out.path / f"fold_{k}") for k in range(len(plan.folds))]
-    seconds = 0.0
     for k, (fold, split) in enumerate(zip(fold_runs, plan.folds)):
         if _fold_finished(fold):
             continue
@@ -171,13 +170,13 @@ def cross_validate(config: RunConfig, folds: int, repeats: int = 1, test_fractio
             return {}
         if summary.get("interrupted"):
             return {"interrupted": True, "run_dir": str(out.path), "fold": k}
-        seconds += summary["train_seconds"]
     spec = fold_runs[0].spec()
     pooled = _pooled_predictions(fold_runs, spec.tasks)
     summary = {"model": spec.name, "run_dir": str(out.path), "cv": settings,
                "tasks": _pooled_metrics(pooled, spec.tasks, config), "folds": _per_fold(fold_runs),
                "fold_models": [str(fold.path.relative_to(out.path) / "model") for fold in fold_runs],
-               "train_seconds": round(seconds, 1)}
+               # every fold's own time: a resumed cv's folds trained in earlier calls count too
+               "train_seconds": round(sum(fold.metrics().get("train_seconds") or 0.0 for fold in fold_runs), 1)}
     out.write_results(summary, pooled)
     _write_ensemble_run(out, config, plan, fold_runs)
     if calibrate and plan.cal:
