@@ -137,6 +137,28 @@ def show_table(title: str, columns: tuple[str, ...], rows: list[list[str]], left
     Console(width=max(Console().width, width)).print(table)
 
 
+class BenchmarkError(ValueError):
+    """A problem with a row table or the arguments, in one line."""
+
+
+def read_rows(path: Path) -> tuple[dict, list[dict]]:
+    """A row table (YAML) and its rows, each with `overrides` filled in; every row has the fields all
+    matrices need and a unique id."""
+    import yaml
+
+    table = yaml.safe_load(path.read_text()) or {}
+    rows, seen = table.get("rows") or [], set()
+    for row in rows:
+        missing = {"id", "suite", "dataset", "model", "configs"} - set(row)
+        if missing:
+            raise BenchmarkError(f"{path}: row {row.get('id', row)} lacks {sorted(missing)}")
+        if row["id"] in seen:
+            raise BenchmarkError(f"{path}: duplicate row id {row['id']!r}")
+        seen.add(row["id"])
+        row.setdefault("overrides", {})
+    return table, rows
+
+
 def row_matrix_parser(description: str, out: Path, runs_dir: Path, rows_file: Path) -> argparse.ArgumentParser:
     """The arguments every (row x seed) benchmark matrix takes: which rows and seeds, where results and
     run folders go, overrides, threads, resume control; each script adds its own."""

@@ -19,16 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     REPO_ROOT,
     SOURCE_PX,
+    BenchmarkError,
     machine,
     mean_sd,
     merge_records,
     read_json,
+    read_rows,
     record_key,
     row_matrix_parser,
     run_matrix,
@@ -52,24 +52,12 @@ ZIP_CASES = "evaluation_cases"
 ZIP_PREDICTOR = "eval-mode softmax; each test image once, beside 1 partner from the training split"
 
 
-class BenchmarkError(ValueError):
-    """A problem with the row table or the arguments, in one line."""
-
-
 def load_rows(path: Path = ROWS_FILE) -> list[dict]:
     """The row table, each row with `datasets` ({task or None: dataset}) filled in and ids checked."""
-    rows = (yaml.safe_load(path.read_text()) or {}).get("rows") or []
-    seen = set()
+    _, rows = read_rows(path)
     for row in rows:
-        missing = {"id", "suite", "dataset", "model", "configs"} - set(row)
-        if missing:
-            raise BenchmarkError(f"{path}: row {row.get('id', row)} lacks {sorted(missing)}")
-        if row["id"] in seen:
-            raise BenchmarkError(f"{path}: duplicate row id {row['id']!r}")
-        seen.add(row["id"])
         dataset = row["dataset"]
         row["datasets"] = dict(dataset) if isinstance(dataset, dict) else {None: dataset}
-        row.setdefault("overrides", {})
     return rows
 
 

@@ -24,15 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     REPO_ROOT,
     SOURCE_PX,
+    BenchmarkError,
     machine,
     mean_sd,
     read_json,
+    read_rows,
     record_key,
     row_matrix_parser,
     run_matrix,
@@ -46,24 +46,12 @@ METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "f1_macro")
 STAMP = "cv-args.json"  # beside each cv folder: the cv arguments it was started with
 
 
-class BenchmarkError(ValueError):
-    """A problem with the row table or the arguments, in one line."""
-
-
 def load_rows(path: Path = ROWS_FILE) -> list[dict]:
     """The row table, each row with its `folds`, `test_fraction` and `overrides` filled in, ids checked."""
-    table = yaml.safe_load(path.read_text()) or {}
-    rows, seen = table.get("rows") or [], set()
+    table, rows = read_rows(path)
     for row in rows:
-        missing = {"id", "suite", "dataset", "model", "configs"} - set(row)
-        if missing:
-            raise BenchmarkError(f"{path}: row {row.get('id', row)} lacks {sorted(missing)}")
-        if row["id"] in seen:
-            raise BenchmarkError(f"{path}: duplicate row id {row['id']!r}")
-        seen.add(row["id"])
         row.setdefault("folds", table.get("folds", 5))
         row.setdefault("test_fraction", 0.0)
-        row.setdefault("overrides", {})
     return rows
 
 

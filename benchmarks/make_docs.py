@@ -148,6 +148,11 @@ def train_cases(run: dict) -> tuple[bool, int | None]:
     return known, cap
 
 
+def capped(run: dict) -> str:
+    """", 1500 training images" where the run trained on a subset; "" otherwise."""
+    return f", {train_cases(run)[1]} training images" if train_cases(run)[1] else ""
+
+
 def cases_seen(run: dict) -> str:
     """", 1500 training images", ", all training images", or "" where the record cannot tell."""
     known, cap = train_cases(run)
@@ -249,7 +254,8 @@ def accuracy_table(dataset: str, entries: list[dict], commands: list[str], notes
     """The markdown table of one dataset, then each seed's CIs of its multi-seed rows; each run's
     command is appended to `commands` as a footnote."""
     lines = [f"### {DATASET_NAMES.get(dataset, dataset)}", "",
-             "| model | device | source px → input | modality | weights | epochs | seeds | test AUC | test ACC "
+             "| model | device | source px → input (training images, if capped) | modality | weights | epochs | seeds "
+             "| test AUC | test ACC "
              "| test balanced ACC | test F1 (macro) | ECE → ECE (T) | AURC | train s | cmd |",
              "|---|---|---|---|---|---|--:|---|---|---|---|---|---|--:|---|"]
     for anchor in (a for a in ANCHORS if a["dataset"] == dataset):
@@ -266,7 +272,7 @@ def accuracy_table(dataset: str, entries: list[dict], commands: list[str], notes
         ece = f"{fmt(entry, 'ece')} → {fmt(entry, 'ece_temperature')}"
         device = DEVICE_LABELS.get(entry["device"], entry["device"])
         lines.append(
-            f"| {label(entry)} | {device} | {pixels(entry)} | {modality(entry)} | {weights(entry)} | {epochs(entry)} "
+            f"| {label(entry)} | {device} | {pixels(entry)}{capped(entry['runs'][0])} | {modality(entry)} | {weights(entry)} | {epochs(entry)} "
             f"| {len(entry['runs'])} | {fmt(entry, 'auc')} | {fmt(entry, 'acc')} | {fmt(entry, 'bacc')} | {fmt(entry, 'f1')} | {ece} "
             f"| {fmt(entry, 'aurc')} | {_run_fmt(entry, 'train_seconds')} | {', '.join(f'[{r}]' for r in dict.fromkeys(refs))} |")
         if len(entry["runs"]) > 1:
@@ -295,8 +301,8 @@ def _why(entry: dict) -> str:
     first = entry["runs"][0]
     reasons = [f"{source_px(first, entry['dataset'])}-px source at {first['img_size']} px", f"{epochs(entry)} epochs",
                "from scratch" if weights(entry) == "scratch" else weights(entry)]
-    if train_cases(first)[1]:
-        reasons.append(f"{train_cases(first)[1]} training images")
+    if capped(first):
+        reasons.append(capped(first)[2:])
     if first["suite"] == "cpu":
         reasons.append("a CPU budget")
     if len(entry["runs"]) == 1:

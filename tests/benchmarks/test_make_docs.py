@@ -145,6 +145,9 @@ def test_a_target_prefers_the_run_on_all_training_images_and_says_what_each_saw(
     # one seed each: the run on all 5501 images answers the target, not the 1500-image subset listed first
     assert "| Brain tumor MRI (4 classes) | dcat | ACC | ≥ 0.960 | 0.970 | 1 | CPU, 224 → 64 px, scratch, " \
            "8 fixed, ran 7 epochs, all training images | met |" in text
+    # the results table labels the capped run with its cap, and only that one
+    assert "| dcat | CPU | 224 → 64, 1500 training images | single | scratch | 8 fixed, ran 7 | 1 | 0.950 |" in text
+    assert "| dcat | CPU | 224 → 64 | single | scratch | 8 fixed, ran 7 | 1 | 0.990 |" in text
 
 
 def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
