@@ -194,8 +194,7 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         "per_fold": {key: summary["folds"].get(task, {}).get("val", {}).get(key) for key in METRICS},
         "ensemble_test": None if ensemble is None else {**{key: _metric(ensemble.get(key)) for key in METRICS},
                                                         "n": ensemble["n"]},
-        # every fold's own training time (a resumed cv's summary counts only the folds trained in that call)
-        "train_seconds": round(sum(f.get("train_seconds") or 0.0 for f in folds), 1),
+        "train_seconds": summary["train_seconds"],  # every fold's, those of a resumed cv's earlier calls too
         "wall_seconds": round(time.perf_counter() - started, 1), "load_avg_at_start": round(load, 2),
         "predictions": str(out / "predictions.csv"), "per_case": oof_cases(out, task),
         "command": reproduce_command(row, seed, args),

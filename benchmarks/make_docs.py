@@ -11,6 +11,7 @@ only on those files, so running it twice gives the same bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -136,21 +137,27 @@ def train_cases(run: dict) -> tuple[bool, int | None]:
         return True, run["max_train_cases"]
     import shlex
 
-    import yaml
-
     words, known, cap = shlex.split(run.get("train_command", "").split("&&")[0]), False, None
     for flag, value in zip(words, words[1:]):
         if flag == "--config" and (REPO_ROOT / value).is_file():
-            data = (yaml.safe_load((REPO_ROOT / value).read_text()) or {}).get("data") or {}
-            known, cap = True, data.get("max_train_cases", cap)
+            known, cap = True, _config_data(value).get("max_train_cases", cap)
         elif flag == "--data.max_train_cases":
             known, cap = True, None if value in ("None", "null") else int(value)
     return known, cap
 
 
+@functools.cache
+def _config_data(path: str) -> dict:
+    """A committed config's `data` section, read once per render."""
+    import yaml
+
+    return (yaml.safe_load((REPO_ROOT / path).read_text()) or {}).get("data") or {}
+
+
 def capped(run: dict) -> str:
     """", 1500 training images" where the run trained on a subset; "" otherwise."""
-    return f", {train_cases(run)[1]} training images" if train_cases(run)[1] else ""
+    cap = train_cases(run)[1]
+    return f", {cap} training images" if cap else ""
 
 
 def cases_seen(run: dict) -> str:
