@@ -166,8 +166,8 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
     init_from = row["overrides"].get("model.init_from")
     if init_from and not Path(_value(init_from, seed)).exists():
         raise BenchmarkError(f"row {row['id']}: model.init_from {_value(init_from, seed)} not found; run "
-                             f"`python benchmarks/pretrain.py --heldout {row['dataset']} --trunks resnet18 --seeds "
-                             f"{seed}` first")
+                             f"`python benchmarks/pretrain.py --heldout {row['dataset']} --trunks resnet18 "
+                             f"--trunks-only --seeds {seed}` first")
     config = parse_row(row, seed, out, args.accelerator)
     if config.data.max_eval_cases:
         raise BenchmarkError(f"row {row['id']}: data.max_eval_cases would leave folded cases unscored out of fold")

@@ -291,6 +291,23 @@ def print_table(summary: list[dict]) -> None:
               f"{ci:>28}{e['verdict']:>9}  {len(e['pretrained_on'])} sets, {e['img_size']} px")
 
 
+def train_trunks(items: list[tuple], configs: dict, args: argparse.Namespace, sets: dict) -> int:
+    """Only the pretraining runs of `items`: a fresh checkout has the committed records of a cell but
+    not its run folders, and a cv row fine-tunes from the trunk's folder."""
+    failures = 0
+    for seed, trunk, x in items:
+        run_dir = args.runs_dir / trunk / x / f"seed{seed}" / "pretrain"
+        try:
+            _, _, trained = ensure_trained(pretrain_argv(trunk, configs[trunk], x, seed, run_dir, sets), run_dir)
+        except Exception as error:
+            failures += 1
+            print(f"pretrain.py: trunk {trunk} without {x}, seed {seed} failed: {' '.join(str(error).split())}",
+                  file=sys.stderr)
+            continue
+        print(f"== trunk {trunk} without {x}, seed {seed}: {'trained' if trained else 'already'} in {run_dir}", flush=True)
+    return 1 if failures else 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--heldout", nargs="+", help="datasets to hold out (default: every set of the configs)")
@@ -304,6 +321,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy shared machine)")
     parser.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP)
     parser.add_argument("--list", action="store_true", help="print the runs and their train arguments, then exit")
+    parser.add_argument("--trunks-only", action="store_true",
+                        help="train (or reuse) only the pretraining runs, the trunks that cv rows name in "
+                             "model.init_from; record nothing (their cells may already be in --out)")
     return parser.parse_args(argv)
 
 
@@ -336,6 +356,8 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.trunks_only:
+        return train_trunks(items, configs, args, sets)
     failures = 0
     for seed, trunk, x in items:  # seed-major: a short session covers every cell once before repeating
         records = read_json(args.out, {"records": []})["records"]

@@ -110,3 +110,18 @@ def test_a_cell_is_done_only_with_all_three_arms_from_the_same_command(bench):
     records.append({**records[-1], "arm": "finetune"})
     assert bench.cell_done(records, "resnet18", "tb", 0, command)
     assert not bench.cell_done(records, "resnet18", "tb", 0, bench.reproduce_command("resnet18", "tb", 0, []))
+
+
+def test_trunks_only_trains_the_pretraining_runs_and_records_nothing(bench, tmp_path, monkeypatch):
+    """A fresh checkout has a cell's records but not the trunk a cv row fine-tunes from."""
+    trained = []
+    monkeypatch.setattr(bench, "ensure_trained", lambda argv, run_dir, fresh=False: (
+        trained.append((_parse(argv), run_dir)) or ({}, None, True)))
+    out = tmp_path / "pretrain.json"
+    assert bench.main(["--heldout", "herlev", "tb", "--trunks", "resnet18", "--seeds", "0", "--trunks-only",
+                       "--set", "train.epochs=1", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert [run_dir for _, run_dir in trained] == [tmp_path / "runs" / "resnet18" / x / "seed0" / "pretrain"
+                                                   for x in ("herlev", "tb")]
+    assert all(config.model.name == "multitask" and config.train.epochs == 1 for config, _ in trained)
+    assert "herlev" not in trained[0][0].data.sources and "tb" not in trained[1][0].data.sources
+    assert not out.exists()
