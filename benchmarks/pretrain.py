@@ -229,10 +229,15 @@ def _record(arm: str, trunk: str, heldout: str, seed: int, argv: list[str], summ
             "train_command": ("dualfuse train " + shlex.join(argv)).replace(f"{REPO_ROOT}/", ""), **machine("cpu")}
 
 
+def cell_dir(args: argparse.Namespace, trunk: str, heldout: str, seed: int) -> Path:
+    """The folder of one cell's three runs (pretrain/, scratch/, finetune/)."""
+    return args.runs_dir / trunk / heldout / f"seed{seed}"
+
+
 def run_cell(trunk: str, heldout: str, seed: int, args: argparse.Namespace, sets: dict) -> list[dict]:
     """Pretrain without `heldout`, then scratch and finetune on it; one record per arm."""
     config = load_trunk_config(trunk)
-    base = args.runs_dir / trunk / heldout / f"seed{seed}"
+    base = cell_dir(args, trunk, heldout, seed)
     command = reproduce_command(trunk, heldout, seed, args.set)
     datasets = pretrain_datasets(config, heldout)
     argvs = {"pretrain": pretrain_argv(trunk, config, heldout, seed, base / "pretrain", sets),
@@ -296,7 +301,7 @@ def train_trunks(items: list[tuple], configs: dict, args: argparse.Namespace, se
     not its run folders, and a cv row fine-tunes from the trunk's folder."""
     failures = 0
     for seed, trunk, x in items:
-        run_dir = args.runs_dir / trunk / x / f"seed{seed}" / "pretrain"
+        run_dir = cell_dir(args, trunk, x, seed) / "pretrain"
         try:
             _, _, trained = ensure_trained(pretrain_argv(trunk, configs[trunk], x, seed, run_dir, sets), run_dir)
         except Exception as error:
@@ -344,7 +349,7 @@ def main(argv=None) -> int:
     items = [(seed, trunk, x) for seed in args.seeds for trunk in args.trunks for x in heldout]
     if args.list:
         for seed, trunk, x in items:
-            base = args.runs_dir / trunk / x / f"seed{seed}"
+            base = cell_dir(args, trunk, x, seed)
             print(f"== held out {x}, trunk {trunk}, seed {seed}")
             print("  pretrain  dualfuse train", shlex.join(pretrain_argv(trunk, configs[trunk], x, seed, base / "pretrain", sets)))
             print("  scratch   dualfuse train", shlex.join(target_argv(trunk, configs[trunk], x, seed, base / "scratch", sets)))
