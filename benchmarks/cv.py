@@ -106,15 +106,31 @@ def _device(accelerator: str | None) -> str:
     return "cpu" if accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
 
 
-def weights(row: dict, config) -> str:
-    """What the folds started from: scratch, in-domain weights (init_from, as the row names them, so
-    every seed's record of the row reads the same) or ImageNet."""
+def weights(config) -> str:
+    """What the folds started from: scratch, ImageNet, or what `model.init_from` holds, described so a
+    reader need not open it (a dualfuse run: its backbone, the datasets it trained on, its epochs)."""
     pretrained = config.model.kwargs.get("pretrained")
     if config.model.init_from:
-        return f"init_from {row['overrides'].get('model.init_from', config.model.init_from)}"
+        return describe_init(Path(config.model.init_from))
     if pretrained:
         return "ImageNet (timm)" if pretrained is True else f"pretrained {pretrained}"
     return "scratch"
+
+
+def describe_init(source: Path) -> str:
+    """One line on an init_from source: a run folder (or its model folder) by what it trained, anything else
+    (a weights file) by its name."""
+    import yaml
+
+    config_file = next((d / "config.yaml" for d in (source, source.parent) if (d / "config.yaml").is_file()), None)
+    if config_file is None:
+        return f"init_from {source.name}"
+    run = yaml.safe_load(config_file.read_text())
+    kwargs = run["model"].get("kwargs") or {}
+    backbone = (kwargs.get("trunk_kwargs") or {}).get("backbone") or kwargs.get("backbone") or run["model"]["name"]
+    cap = run["data"].get("max_train_cases")
+    return (f"{backbone} trained on {', '.join(run['data']['sources'])} ({run['train']['epochs']} epochs"
+            f"{f', ≤ {cap} images each' if cap else ''})")
 
 
 def _metric(entry: dict | None) -> dict | None:
@@ -184,7 +200,7 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         "row": row["id"], "seed": seed, "suite": row["suite"], "dataset": row["dataset"], "model": row["model"],
         **machine(_device(args.accelerator)),
         "source_px": SOURCE_PX.get(row["dataset"]), "img_size": config.data.img_size,
-        "in_chans": config.model.kwargs.get("in_chans"), "weights": weights(row, config),
+        "in_chans": config.model.kwargs.get("in_chans"), "weights": weights(config),
         "max_train_cases": config.data.max_train_cases, "epochs": config.train.epochs,
         "early_stopping_patience": config.train.early_stopping_patience,
         "epochs_trained": [f.get("epochs_trained") for f in folds],
@@ -195,7 +211,9 @@ def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:
         "ensemble_test": None if ensemble is None else {**{key: _metric(ensemble.get(key)) for key in METRICS},
                                                         "n": ensemble["n"]},
         "train_seconds": summary["train_seconds"],  # every fold's, those of a resumed cv's earlier calls too
-        "wall_seconds": round(time.perf_counter() - started, 1), "load_avg_at_start": round(load, 2),
+        # this call's time: it excludes the folds an earlier, interrupted call trained (folds_resumed)
+        "wall_seconds": round(time.perf_counter() - started, 1), "folds_resumed": summary.get("folds_resumed", []),
+        "load_avg_at_start": round(load, 2),
         "predictions": str(out / "predictions.csv"), "per_case": oof_cases(out, task),
         "command": reproduce_command(row, seed, args),
         "cv_command": "dualfuse cv " + shlex.join(argv),

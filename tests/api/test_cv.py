@@ -28,7 +28,7 @@ def cv_run(data_root, module_tmp):
 
 def test_every_fold_case_is_scored_once_out_of_fold(cv_run):
     out, _, summary, seen = cv_run
-    assert seen == [0, 1]
+    assert seen == [0, 1] and summary["folds_resumed"] == []
     splits = [pd.read_csv(out / f"fold_{k}" / "split.csv", dtype=str) for k in (0, 1)]
     val = [set(s.loc[s.split == "val", "case_id"]) for s in splits]
     assert val[0] and val[1] and not val[0] & val[1]
@@ -60,7 +60,7 @@ def test_an_interrupted_cv_resumes_at_the_missing_fold(cv_run, data_root):
         os.remove(out / "fold_1" / name)  # as if fold 1 stopped before it finished
     seen = []
     summary = cross_validate(config, folds=2, on_fold=lambda k, n, path: seen.append(k))
-    assert seen == [1]
+    assert seen == [1] and summary["folds_resumed"] == [0]  # so a caller's wall clock covers fold 1 alone
     # the training time is every fold's, fold 0's (trained in the first call) included, not just this call's
     folds = [json.loads((out / f"fold_{k}" / "metrics.json").read_text())["train_seconds"] for k in (0, 1)]
     assert summary["train_seconds"] == pytest.approx(sum(folds), abs=0.1) and folds[0] > 0

@@ -53,6 +53,29 @@ def test_a_changed_row_starts_its_cv_folder_over(bench, tmp_path):
     assert not out.exists()
 
 
+def test_weights_describe_what_init_from_holds_not_its_path(bench, tmp_path):
+    """The docs' weights column names the pretraining (backbone, datasets, budget), not a seed template."""
+    from dualfuse.config import parse_run_args
+
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        "model: {name: multitask, kwargs: {trunk: timm_classifier, trunk_kwargs: {backbone: resnet18}}}\n"
+        "data: {sources: {tb: {}, ham10000: {}}, max_train_cases: 600}\ntrain: {epochs: 6}\n")
+    (run / "model").mkdir()
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    described = {}
+    for source in (run, run / "model", tmp_path / "w.safetensors", None):
+        extra = ["--model.init_from", str(source)] if source else []
+        config, _ = parse_run_args(["--config", str(REPO_ROOT / "configs/cpu/herlev.yaml"),
+                                    "--config", str(REPO_ROOT / "configs/cpu/resnet18.yaml"),
+                                    *extra, "--output", str(tmp_path / "out")])
+        described[source] = bench.weights(config)
+    assert described[run] == described[run / "model"] == "resnet18 trained on tb, ham10000 (6 epochs, ≤ 600 images each)"
+    assert described[tmp_path / "w.safetensors"] == "init_from w.safetensors"
+    assert described[None] == "scratch"
+
+
 @pytest.mark.realdata
 def test_tiny_herlev_row_end_to_end_resumes_and_renders(bench, make_docs, data_root, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DUALFUSE_DATA", str(data_root))
@@ -71,6 +94,7 @@ def test_tiny_herlev_row_end_to_end_resumes_and_renders(bench, make_docs, data_r
         assert oof[key]["ci_low"] <= oof[key]["value"] <= oof[key]["ci_high"]
         assert record["per_fold"][key]["folds"] == 2
     assert record["ensemble_test"] is None and record["epochs_trained"] == [1, 1] and record["train_seconds"] > 0
+    assert record["folds_resumed"] == []  # so wall_seconds covers every fold
     cases = record["per_case"]  # each folded image's out-of-fold probabilities, for paired comparisons
     assert len(cases["case_id"]) == len(set(cases["case_id"])) == len(cases["probs"]) == oof["n"]
     assert set(cases["label"]) == set(range(7)) and all(abs(sum(p) - 1) < 1e-4 for p in cases["probs"])

@@ -152,8 +152,9 @@ def cross_validate(config: RunConfig, folds: int, repeats: int = 1, test_fractio
     out.prepare()
     atomic_write_json(out.path / CV_FILE, settings)
     fold_runs = [RunFolder(out.path / f"fold_{k}") for k in range(len(plan.folds))]
+    resumed = [k for k, fold in enumerate(fold_runs) if _fold_finished(fold)]  # trained by an earlier call
     for k, (fold, split) in enumerate(zip(fold_runs, plan.folds)):
-        if _fold_finished(fold):
+        if k in resumed:
             continue
         if on_fold is not None:
             on_fold(k, len(fold_runs), fold.path)
@@ -176,7 +177,8 @@ def cross_validate(config: RunConfig, folds: int, repeats: int = 1, test_fractio
                "tasks": _pooled_metrics(pooled, spec.tasks, config), "folds": _per_fold(fold_runs),
                "fold_models": [str(fold.path.relative_to(out.path) / "model") for fold in fold_runs],
                # every fold's own time: a resumed cv's folds trained in earlier calls count too
-               "train_seconds": round(sum(fold.metrics().get("train_seconds") or 0.0 for fold in fold_runs), 1)}
+               "train_seconds": round(sum(fold.metrics().get("train_seconds") or 0.0 for fold in fold_runs), 1),
+               "folds_resumed": resumed}
     out.write_results(summary, pooled)
     _write_ensemble_run(out, config, plan, fold_runs)
     if calibrate and plan.cal:
