@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS  # noqa: E402
-from paired import macro_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
 
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
@@ -436,8 +436,7 @@ def paired_difference(a: dict, b: dict, n_bootstrap: int) -> dict | None:
 
 def _pair_line(dataset: str, name: str, a: dict, diff: dict) -> str:
     return (f"| {DATASET_NAMES.get(dataset, dataset)} | {name} | {DEVICE_LABELS.get(a['device'], a['device'])} | "
-            f"{pixels(a)} | {', '.join(map(str, diff['seed_list']))} | {diff['delta']:+.3f} "
-            f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | **{diff['verdict']}** |")
+            f"{pixels(a)} | {', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} | **{diff['verdict']}** |")
 
 
 def _tally(diffs: list[dict]) -> str:
@@ -591,7 +590,7 @@ def _versus(entry: dict, key: str, digits: int = 4) -> str:
     diff = entry.get(key)
     if not diff:
         return "(reference)"
-    return f"{diff['delta']:+.{digits}f} [{diff['ci_low']:+.{digits}f}, {diff['ci_high']:+.{digits}f}] {diff['verdict']}"
+    return f"{format_difference(diff, digits)} {diff['verdict']}"
 
 
 def uncertainty_section(runs: list[dict]) -> list[str]:
@@ -688,7 +687,7 @@ def pretrain_section(runs: list[dict]) -> list[str]:
             lines.append(f"| {DATASET_NAMES.get(entry['heldout'], entry['heldout'])} | {entry['trunk']} | {seen} | "
                          f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
-                         f"{entry['delta']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}] | **{entry['verdict']}** |")
+                         f"{format_difference(entry)} | **{entry['verdict']}** |")
         first = records[0]
         lines += ["", f"Machine: {first['device_name']}, torch {first['torch']}. Reproduce one cell: `{first['command']}`.", ""]
     return lines
@@ -835,8 +834,7 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
             if diff:
                 lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model_a} − {model_b} | "
                              f"{DEVICE_LABELS.get(device, device)} | {a['source_px']} → {a['img_size']} | "
-                             f"{', '.join(map(str, diff['seed_list']))} | {diff['delta']:+.3f} "
-                             f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | **{diff['verdict']}** |")
+                             f"{', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} | **{diff['verdict']}** |")
     if not lines:
         return []
     return ["### Paired, out of fold", "",

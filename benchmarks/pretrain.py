@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import N_BOOTSTRAP, macro_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import N_BOOTSTRAP, format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
 
 TRUNKS = {"resnet18": "configs/pretrain/resnet18.yaml", "dcat": "configs/pretrain/dcat.yaml"}
 ARMS = ("pretrain", "scratch", "finetune")
@@ -291,7 +291,7 @@ def print_table(summary: list[dict]) -> None:
     print(f"{'held out':<16}{'trunk':<10}{'seeds':>6}{'scratch':>9}{'finetune':>10}{'difference [95% CI]':>28}"
           f"{'verdict':>9}  pretrained on")
     for e in summary:
-        ci = f"{e['delta']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]"
+        ci = format_difference(e)
         print(f"{e['heldout']:<16}{e['trunk']:<10}{len(e['seeds']):>6}{e['scratch_auc']:>9.3f}{e['finetune_auc']:>10.3f}"
               f"{ci:>28}{e['verdict']:>9}  {len(e['pretrained_on'])} sets, {e['img_size']} px")
 

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import N_BOOTSTRAP, binary_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import N_BOOTSTRAP, binary_auroc, format_difference, paired_bootstrap, verdict  # noqa: E402
 
 MC_SAMPLES = 30
 MEMBERS = 3
@@ -402,8 +402,7 @@ def print_table(summary: dict) -> None:
     for dataset, sources in summary.items():
         for source, e in sources.items():
             versus = e.get("aurc_vs_softmax")
-            versus = (f"{versus['delta']:+.4f} [{versus['ci_low']:+.4f},{versus['ci_high']:+.4f}]"
-                      if versus else "")
+            versus = format_difference(versus, 4) if versus else ""
             print(f"{dataset:<15}{source:<16}{fmt(e, 'error_auroc'):>10}{fmt(e, 'aurc', 4):>8}{versus:>24}"
                   f"{fmt(e, 'ece'):>7}{fmt(e, 'nll'):>7}{fmt(e, 'conformal_coverage'):>7}"
                   f"{fmt(e, 'ood_far_auroc'):>8}{fmt(e, 'ood_near_auroc'):>7}{fmt(e, 'cost', 2):>6}")

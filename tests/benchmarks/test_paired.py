@@ -41,6 +41,19 @@ def _per_case(rng, labels, skill):
     return np.c_[1 - p, p]
 
 
+def test_a_printed_ci_shows_why_it_is_a_win_or_a_loss(paired):
+    """A bound that excludes 0 never prints as +0.000: the reader can check the verdict on the page."""
+    win = {"delta": 0.0034, "ci_low": 0.00037, "ci_high": 0.0071}
+    assert paired.verdict(win) == "win"
+    assert paired.format_difference(win) == "+0.0034 [+0.0004, +0.0071]"
+    loss = {"delta": -0.012, "ci_low": -0.018, "ci_high": -0.0000031}
+    assert paired.format_difference(loss) == "-0.012000 [-0.018000, -0.000003]"
+    tie = {"delta": 0.005, "ci_low": -0.0004, "ci_high": 0.011}  # a tie's bound may round to zero: 0 is inside
+    assert paired.format_difference(tie) == "+0.0050 [-0.0004, +0.0110]"
+    assert paired.format_difference({"delta": 0.01, "ci_low": 0.0, "ci_high": 0.02}) == "+0.010 [+0.000, +0.020]"
+    assert paired.format_difference({"delta": 0.5, "ci_low": 0.25, "ci_high": 0.75}, 2) == "+0.50 [+0.25, +0.75]"
+
+
 def test_docs_show_a_paired_win_for_the_better_model_and_a_tie_for_equals(tmp_path: Path):
     make_docs = _load("make_docs")
     rng = np.random.default_rng(1)
