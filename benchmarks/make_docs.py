@@ -279,7 +279,7 @@ def accuracy_table(dataset: str, entries: list[dict], commands: list[str], notes
         ece = f"{fmt(entry, 'ece')} → {fmt(entry, 'ece_temperature')}"
         device = DEVICE_LABELS.get(entry["device"], entry["device"])
         lines.append(
-            f"| {label(entry)} | {device} | {pixels(entry)}{capped(entry['runs'][0])} | {modality(entry)} | {weights(entry)} | {epochs(entry)} "
+            f"| {label(entry)} | {device} | {pixels(entry)}{cases_seen(entry['runs'][0])} | {modality(entry)} | {weights(entry)} | {epochs(entry)} "
             f"| {len(entry['runs'])} | {fmt(entry, 'auc')} | {fmt(entry, 'acc')} | {fmt(entry, 'bacc')} | {fmt(entry, 'f1')} | {ece} "
             f"| {fmt(entry, 'aurc')} | {_run_fmt(entry, 'train_seconds')} | {', '.join(f'[{r}]' for r in dict.fromkeys(refs))} |")
         if len(entry["runs"]) > 1:
@@ -436,7 +436,8 @@ def paired_difference(a: dict, b: dict, n_bootstrap: int) -> dict | None:
 
 def _pair_line(dataset: str, name: str, a: dict, diff: dict) -> str:
     return (f"| {DATASET_NAMES.get(dataset, dataset)} | {name} | {DEVICE_LABELS.get(a['device'], a['device'])} | "
-            f"{pixels(a)} | {', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} | **{diff['verdict']}** |")
+            f"{pixels(a)}{cases_seen(a['runs'][0])} | {', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} "
+            f"| **{diff['verdict']}** |")
 
 
 def _tally(diffs: list[dict]) -> str:

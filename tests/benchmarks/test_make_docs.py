@@ -145,9 +145,30 @@ def test_a_target_prefers_the_run_on_all_training_images_and_says_what_each_saw(
     # one seed each: the run on all 5501 images answers the target, not the 1500-image subset listed first
     assert "| Brain tumor MRI (4 classes) | dcat | ACC | ≥ 0.960 | 0.970 | 1 | CPU, 224 → 64 px, scratch, " \
            "8 fixed, ran 7 epochs, all training images | met |" in text
-    # the results table labels the capped run with its cap, and only that one
+    # the results table labels each run with the training images it had
     assert "| dcat | CPU | 224 → 64, 1500 training images | single | scratch | 8 fixed, ran 7 | 1 | 0.950 |" in text
-    assert "| dcat | CPU | 224 → 64 | single | scratch | 8 fixed, ran 7 | 1 | 0.990 |" in text
+    assert "| dcat | CPU | 224 → 64, all training images | single | scratch | 8 fixed, ran 7 | 1 | 0.990 |" in text
+
+
+def test_paired_lines_of_two_protocols_say_which_is_which(tmp_path: Path):
+    """The same two models on a subset and on every training image: two paired lines a reader can tell apart."""
+    make_docs = _load("make_docs")
+    ids = [str(i) for i in range(60)]  # enough cases that no bootstrap draw lacks a class
+    cases = {"case_id": ids, "patient_id": ids, "label": [0, 0, 0, 1, 1, 1] * 10}
+    records = []
+    for cap in (1000, None):
+        for row, model, good in (("dcat", "dcat", 0.9), ("resnet18", "resnet18", 0.6)):
+            record = _record(f"pneumoniamnist{'' if cap else '_all'}-{row}", model, 0, "pneumoniamnist", good, 0.8)
+            record["max_train_cases"] = cap
+            record["tasks"]["label"]["per_case"] = cases | {
+                "probs": ([[good, 1 - good]] * 3 + [[1 - good, good], [1 - good, good], [good, 1 - good]]) * 10}
+            records.append(record)
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [])
+    lines = [line for line in text.splitlines() if "| dcat − resnet18 |" in line]
+    assert len(lines) == 2
+    assert any("| 28 → 32, 1000 training images | 0 |" in line for line in lines)
+    assert any("| 28 → 32, all training images | 0 |" in line for line in lines)
 
 
 def test_make_docs_fails_in_one_line_without_results(tmp_path: Path, capsys):
