@@ -154,12 +154,6 @@ def _config_data(path: str) -> dict:
     return (yaml.safe_load((REPO_ROOT / path).read_text()) or {}).get("data") or {}
 
 
-def capped(run: dict) -> str:
-    """", 1500 training images" where the run trained on a subset; "" otherwise."""
-    cap = train_cases(run)[1]
-    return f", {cap} training images" if cap else ""
-
-
 def cases_seen(run: dict) -> str:
     """", 1500 training images", ", all training images", or "" where the record cannot tell."""
     known, cap = train_cases(run)
@@ -261,7 +255,7 @@ def accuracy_table(dataset: str, entries: list[dict], commands: list[str], notes
     """The markdown table of one dataset, then each seed's CIs of its multi-seed rows; each run's
     command is appended to `commands` as a footnote."""
     lines = [f"### {DATASET_NAMES.get(dataset, dataset)}", "",
-             "| model | device | source px → input (training images, if capped) | modality | weights | epochs | seeds "
+             "| model | device | source px → input, training images (where the record says) | modality | weights | epochs | seeds "
              "| test AUC | test ACC "
              "| test balanced ACC | test F1 (macro) | ECE → ECE (T) | AURC | train s | cmd |",
              "|---|---|---|---|---|---|--:|---|---|---|---|---|---|--:|---|"]
@@ -308,8 +302,9 @@ def _why(entry: dict) -> str:
     first = entry["runs"][0]
     reasons = [f"{source_px(first, entry['dataset'])}-px source at {first['img_size']} px", f"{epochs(entry)} epochs",
                "from scratch" if weights(entry) == "scratch" else weights(entry)]
-    if capped(first):
-        reasons.append(capped(first)[2:])
+    cap = train_cases(first)[1]
+    if cap:
+        reasons.append(f"{cap} training images")
     if first["suite"] == "cpu":
         reasons.append("a CPU budget")
     if len(entry["runs"]) == 1:
@@ -476,7 +471,7 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                     by_field[field].append((diff, _pair_line(dataset, f"{a['model']} − {b['model']}", a, diff)))
     if not fusion and not any(by_field.values()):
         return []
-    header = ["| dataset | comparison | device | source px → input | seeds | ΔAUC [95% CI] | verdict |",
+    header = ["| dataset | comparison | device | source px → input, training images | seeds | ΔAUC [95% CI] | verdict |",
               "|---|---|---|---|---|--:|---|"]
     lines = ["## Does fusion beat its own backbones? (paired)", "",
              "Test AUC (macro one-vs-rest for several classes) of the first model minus the second, both trained on "

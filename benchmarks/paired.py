@@ -78,7 +78,7 @@ def verdict(difference: dict, lower_is_better: bool = False) -> str:
 
 
 def format_difference(difference: dict, digits: int = 3, max_digits: int = 6) -> str:
-    """'+0.003 [+0.0004, +0.0071]': the difference and its CI, with digits added until no bound that is not
+    """'+0.0034 [+0.0004, +0.0071]': the difference and its CI, with digits added until no bound that is not
     zero prints as ±0, so a reader can check a win or a loss against the printed interval."""
     bounds = (difference["ci_low"], difference["ci_high"])
     while digits < max_digits and any(b != 0 and round(b, digits) == 0 for b in bounds):
