@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS  # noqa: E402
-from paired import format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import accuracy, format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
 
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
@@ -415,24 +415,41 @@ def _aligned(a: dict, b: dict) -> tuple[dict, dict, list] | None:
     return side_a, side_b, groups
 
 
-def paired_difference(a: dict, b: dict, n_bootstrap: int) -> dict | None:
-    """Test AUC of entry a minus entry b over the seeds both have, paired case by case; None when
-    they share no seed with per-case predictions on the same cases."""
+def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) -> dict | None:
+    """Test `metric` (AUC; or accuracy) of entry a minus entry b over the seeds both have, paired case by
+    case; None when they share no seed with per-case predictions on the same cases."""
     seeds_a = {r["seed"]: r["numbers"].get("per_case") for r in a["runs"]}
     seeds_b = {r["seed"]: r["numbers"].get("per_case") for r in b["runs"]}
     seeds = sorted(s for s in seeds_a if seeds_a[s] and seeds_b.get(s))
     aligned = [_aligned(seeds_a[s], seeds_b[s]) for s in seeds]
     if not seeds or any(x is None for x in aligned):
         return None
-    diff = paired_bootstrap([(x[0], x[1]) for x in aligned], lambda c: macro_auroc(c["probs"], c["label"]),
+    diff = paired_bootstrap([(x[0], x[1]) for x in aligned], lambda c: metric(c["probs"], c["label"]),
                             n_bootstrap, groups=[x[2] for x in aligned])
     return diff | {"seed_list": seeds, "verdict": verdict(diff)}
 
 
+def paired_differences(a: dict, b: dict, n_bootstrap: int) -> dict | None:
+    """The paired AUC difference (its verdict is the comparison's), with the paired accuracy difference
+    under "acc": AUC judges the ranking, accuracy the decision at the argmax, which a checkpoint's
+    offset can move while its AUC stays put."""
+    diff = paired_difference(a, b, n_bootstrap)
+    return diff and diff | {"acc": paired_difference(a, b, n_bootstrap, metric=accuracy)}
+
+
+# The last columns of every paired table: the AUC difference and its verdict, then accuracy's.
+PAIRED_COLUMNS = "| seeds | ΔAUC [95% CI] | verdict | ΔACC [95% CI], verdict |"
+
+
+def _difference_cells(diff: dict) -> str:
+    acc = diff["acc"]
+    return (f"| {', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} | **{diff['verdict']}** | "
+            f"{format_difference(acc)} {acc['verdict']} |")
+
+
 def _pair_line(dataset: str, name: str, a: dict, diff: dict) -> str:
     return (f"| {DATASET_NAMES.get(dataset, dataset)} | {name} | {DEVICE_LABELS.get(a['device'], a['device'])} | "
-            f"{pixels(a)}{cases_seen(a['runs'][0])} | {', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} "
-            f"| **{diff['verdict']}** |")
+            f"{pixels(a)}{cases_seen(a['runs'][0])} {_difference_cells(diff)}")
 
 
 def _tally(diffs: list[dict]) -> str:
@@ -456,7 +473,7 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                 b = by_model.get((model_b, device, proto))
                 if model != model_a or not b:
                     continue
-                diff = paired_difference(a, b, n_bootstrap)
+                diff = paired_differences(a, b, n_bootstrap)
                 if diff:
                     fusion.append((diff, _pair_line(dataset, f"{model_a} − {model_b}", a, diff)))
         for field in PAIR_FIELDS:
@@ -466,19 +483,21 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                     continue
                 # alone_of names the zip row from the alone row; the difference reads zip − alone.
                 a, b = (other, entry) if field == "alone_of" else (entry, other)
-                diff = paired_difference(a, b, n_bootstrap)
+                diff = paired_differences(a, b, n_bootstrap)
                 if diff:
                     by_field[field].append((diff, _pair_line(dataset, f"{a['model']} − {b['model']}", a, diff)))
     if not fusion and not any(by_field.values()):
         return []
-    header = ["| dataset | comparison | device | source px → input, training images | seeds | ΔAUC [95% CI] | verdict |",
-              "|---|---|---|---|---|--:|---|"]
+    header = [f"| dataset | comparison | device | source px → input, training images {PAIRED_COLUMNS}",
+              "|---|---|---|---|---|--:|---|--:|"]
     lines = ["## Does fusion beat its own backbones? (paired)", "",
              "Test AUC (macro one-vs-rest for several classes) of the first model minus the second, both trained on "
              "the same split with the same seed and budget and scored on the same test cases: 95% CI from a paired "
              "bootstrap over cases (patients where one patient has several cases), pooled over the seeds both have "
              "(mean of per-seed differences). *win*/*loss* only when the CI excludes 0; a *tie* means this data "
-             "cannot tell the two apart, not that they are equal.", ""]
+             "cannot tell the two apart, not that they are equal. The verdict and the tallies read AUC; ΔACC is the "
+             "same paired difference for test accuracy (the argmax of the probabilities each run printed), which "
+             "can move while AUC does not.", ""]
     if fusion:
         dcat = [d for d, line in fusion if "| dcat − " in line]
         drifa = [d for d, line in fusion if "| drifa_net − " in line]
@@ -492,8 +511,9 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                         "The ablated model minus the full model, same protocol: a *loss* means the removed part helped, "
                         "a *win* that the model is better without it."),
         "recipe_of": ("### Recipe: what adding each part does",
-                      "The model trained with a part of the small-data recipe (configs/recipes/small_data.yaml) minus "
-                      "the same model trained plainly, same protocol: a *win* means the part helped."),
+                      "The model trained with one training change (a part of the small-data recipe, "
+                      "configs/recipes/small_data.yaml, or the checkpoint choice the row names) minus the same model "
+                      "trained plainly, same protocol: a *win* means the change helped."),
         "alone_of": ("### Multitask (zip) training vs each dataset alone",
                      "DRIFA-Net trained in zip mode on two datasets (one head each) minus the same network trained on "
                      "one of them alone, scored on that dataset's same test images: a *win* means learning across "
@@ -826,19 +846,19 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
             b = entries.get((dataset, model_b, device, protocol))
             if model != model_a or not b:
                 continue
-            diff = paired_difference(a, b, n_bootstrap)
+            diff = paired_differences(a, b, n_bootstrap)
             if diff:
                 lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model_a} − {model_b} | "
-                             f"{DEVICE_LABELS.get(device, device)} | {a['source_px']} → {a['img_size']} | "
-                             f"{', '.join(map(str, diff['seed_list']))} | {format_difference(diff)} | **{diff['verdict']}** |")
+                             f"{DEVICE_LABELS.get(device, device)} | {a['source_px']} → {a['img_size']} "
+                             f"{_difference_cells(diff)}")
     if not lines:
         return []
     return ["### Paired, out of fold", "",
             "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
             "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several; "
-            "pooled over the seeds both have).", "",
-            "| dataset | comparison | device | source px → input | seeds | ΔAUC [95% CI] | verdict |",
-            "|---|---|---|---|---|--:|---|", *lines, ""]
+            "pooled over the seeds both have); ΔACC the same for out-of-fold accuracy.", "",
+            f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS}",
+            "|---|---|---|---|---|--:|---|--:|", *lines, ""]
 
 
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,

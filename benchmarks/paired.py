@@ -37,6 +37,11 @@ def macro_auroc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.nanmean([binary_auroc(probs[:, c], labels == c) for c in range(probs.shape[1])]))
 
 
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of cases whose most probable class is the true one (the argmax, 0.5 for two classes)."""
+    return float(np.mean(np.argmax(np.asarray(probs), axis=1) == np.asarray(labels)))
+
+
 def _resample(rng: np.random.Generator, groups: np.ndarray | None, n: int) -> np.ndarray:
     if groups is None:
         return rng.integers(0, n, n)

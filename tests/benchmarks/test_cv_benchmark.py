@@ -154,7 +154,7 @@ def test_rows_sharing_folds_are_paired_case_by_case(make_docs):
     text = "\n".join(make_docs.cv_section([*records, odd]))
     assert "### Paired, out of fold" in text
     dcat = next(x for x in text.splitlines() if "| dcat − resnet18 |" in x)
-    assert "| 128 → 32 | 0, 1 |" in dcat and dcat.endswith("| **win** |")
+    assert "| 128 → 32 | 0, 1 |" in dcat and "| **win** | +" in dcat  # better out-of-fold accuracy too
     recipe = next(x for x in text.splitlines() if "| resnet18 + small-data recipe − resnet18 |" in x)
-    assert recipe.endswith("| **tie** |")
+    assert "| **tie** |" in recipe
     assert "in-domain pretrained − resnet18" not in text  # another input size: never paired

@@ -118,3 +118,29 @@ def test_zip_rows_pair_with_each_dataset_alone_and_recipe_rows_with_the_plain_mo
     assert len(zip_lines) == 1 and "Brain" in zip_lines[0] and "**win**" in zip_lines[0]  # CT: other cases
     recipe = next(line for line in lines if "dcat + ema − dcat" in line)
     assert "**loss**" in recipe
+
+
+def test_an_offset_that_keeps_the_ranking_shows_in_accuracy_not_in_auc(tmp_path: Path):
+    """The same scores with their logits shifted toward "normal" rank the cases identically (ΔAUC exactly
+    0, a tie) but call many positives negative: the paired ΔACC beside it says so (a loss)."""
+    make_docs = _load("make_docs")
+    records = []
+    for seed in (0, 1, 2):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 2, 400)
+        logits = 2.0 * (labels * 2 - 1) + rng.normal(size=400)
+        for row, model, offset in (("p-dcat", "dcat", 0.0), ("p-dcat-val_loss", "dcat + val-loss checkpoint", -2.5)):
+            p = 1 / (1 + np.exp(-(logits + offset)))
+            record = _record(row, model, seed, "pneumoniamnist", 0.9, 0.85)
+            record["tasks"]["label"]["per_case"] = {
+                "case_id": [f"c{i}" for i in range(400)], "patient_id": [f"c{i}" for i in range(400)],
+                "label": labels.tolist(), "probs": np.c_[1 - p, p].tolist()}
+            records.append(record)
+    (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
+    text = make_docs.render(make_docs.load_results(tmp_path)[0], [],
+                            pairs={"recipe_of": {"p-dcat-val_loss": "p-dcat"}})
+    assert "| ΔAUC [95% CI] | verdict | ΔACC [95% CI], verdict |" in text
+    line = next(x for x in text.splitlines() if "dcat + val-loss checkpoint − dcat" in x)
+    auc_cell, verdict, acc_cell = (cell.strip() for cell in line.split("|")[-4:-1])
+    assert auc_cell == "+0.000 [+0.000, +0.000]" and verdict == "**tie**"
+    assert acc_cell.startswith("-0.") and acc_cell.endswith(" loss")
