@@ -704,8 +704,12 @@ def pretrain_section(runs: list[dict]) -> list[str]:
                          f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
                          f"{format_difference(entry)} | **{entry['verdict']}** |")
-        first = records[0]
-        lines += ["", f"Machine: {first['device_name']}, torch {first['torch']}. Reproduce one cell: `{first['command']}`.", ""]
+        # One line per trunk and machine: trunks measured in different sessions ran on different CPUs and threads.
+        machines = {(r["trunk"], r["device_name"], r["torch"]): r["command"] for r in reversed(records)}
+        lines.append("")
+        lines += [f"Machine ({trunk}): {device}, torch {torch}. Reproduce one cell: `{command}`."
+                  for (trunk, device, torch), command in sorted(machines.items())]
+        lines.append("")
     return lines
 
 

@@ -248,6 +248,8 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
     records = [common | {"arm": "pretrain", "epochs_trained": 6, "max_train_cases": 600,
                          "source_px": {"pneumoniamnist": 28, "ham10000": 128}},
                common | {"arm": "scratch", "epochs_trained": 15}, common | {"arm": "finetune", "epochs_trained": 15}]
+    records.append(common | {"arm": "scratch", "epochs_trained": 15, "trunk": "dcat", "device_name": "Other CPU, 2 threads",
+                             "command": "python benchmarks/pretrain.py --heldout tb --trunks dcat --seeds 0 --threads 2"})
     summary = [{"heldout": "tb", "trunk": "resnet18", "seeds": [0], "scratch_auc": 0.80, "finetune_auc": 0.86,
                 "delta": 0.06, "ci_low": 0.01, "ci_high": 0.11, "verdict": "win", "pretrained_on": ["pneumoniamnist", "ham10000"],
                 "source_px": {"tb": 128}, "img_size": 64}]
@@ -256,3 +258,7 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
     assert ("| TB chest X-ray (Shenzhen + Montgomery) | resnet18 | 128 → 64 px, 1 channel(s), ≤ 1000 training images, "
             "15 epochs (ran 15), CPU | pneumoniamnist (28 px), ham10000 (128 px); 6 epochs, ≤ 600 images each | 0 | "
             "0.800 | 0.860 | +0.060 [+0.010, +0.110] | **win** |") in text
+    assert ("Machine (resnet18): Test CPU, 2 cores, torch 2.x. Reproduce one cell: "
+            "`python benchmarks/pretrain.py --heldout tb --trunks resnet18 --seeds 0`.") in text
+    assert "Machine (dcat): Other CPU, 2 threads, torch 2.x. Reproduce one cell: `python benchmarks/pretrain.py " \
+           "--heldout tb --trunks dcat --seeds 0 --threads 2`." in text  # each trunk's own machine
