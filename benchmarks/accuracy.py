@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     show_table,
     write_json,
 )
+from paired import case_predictions  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "bacc": "balanced_accuracy", "f1": "f1_macro"}
@@ -117,15 +118,8 @@ def test_cases(run_dir: Path, task: str, classes: list[str]) -> dict:
     """The run's test predictions of `task` (eval-mode softmax, as the headline metrics), per case,
     for paired comparisons between models on the same cases (make_docs.py). A zip run's come from
     `ZIP_CASES` (each test image once), not from training's zipped test pairs."""
-    import pandas as pd
-
     folder = run_dir / ZIP_CASES if (run_dir / ZIP_CASES).is_dir() else run_dir
-    frame = pd.read_csv(folder / "predictions.csv", dtype={"case_id": str, "patient_id": str},
-                        keep_default_na=False)
-    frame = frame[(frame["split"] == "test") & (frame[f"{task}_true"] != "")]
-    return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
-            "label": [classes.index(c) for c in frame[f"{task}_true"]],
-            "probs": frame[[f"{task}_prob_{c}" for c in classes]].round(6).to_numpy().tolist()}
+    return case_predictions(folder / "predictions.csv", task, classes)
 
 
 def reproduce_command(row: dict, seed: int, args: argparse.Namespace) -> str:

@@ -39,6 +39,7 @@ from _common import (  # noqa: E402
     show_table,
     write_json,
 )
+from paired import case_predictions  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "cv_rows.yaml"
 # The pooled out-of-fold numbers each record keeps (the library's metric names).
@@ -162,15 +163,7 @@ def oof_cases(out: Path, task: str) -> dict:
     """Each folded case's out-of-fold probabilities: rows of one dataset and seed share their folds, so
     make_docs.py pairs them case by case (model A − model B on the same cases, scored by fold models
     that never saw them)."""
-    import pandas as pd
-
-    frame = pd.read_csv(out / "predictions.csv", dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
-    prefix = f"{task}_prob_"
-    columns = [c for c in frame.columns if c.startswith(prefix)]
-    classes = [c[len(prefix):] for c in columns]
-    return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
-            "label": [classes.index(c) for c in frame[f"{task}_true"]],
-            "probs": frame[columns].round(6).to_numpy().tolist()}
+    return case_predictions(out / "predictions.csv", task, split=None)
 
 
 def run_one(row: dict, seed: int, args: argparse.Namespace) -> dict:

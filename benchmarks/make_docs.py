@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS  # noqa: E402
-from paired import accuracy, format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import accuracy, format_difference, macro_auroc, paired_bootstrap, patient_groups, verdict  # noqa: E402
 
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
@@ -411,8 +411,7 @@ def _aligned(a: dict, b: dict) -> tuple[dict, dict, list] | None:
     order = [where[case] for case in a["case_id"]]
     side_a = {"probs": a["probs"], "label": a["label"]}
     side_b = {"probs": [b["probs"][i] for i in order], "label": [b["label"][i] for i in order]}
-    groups = a["patient_id"] if all(a["patient_id"]) and len(set(a["patient_id"])) < len(a["patient_id"]) else None
-    return side_a, side_b, groups
+    return side_a, side_b, patient_groups(a.get("patient_id"))
 
 
 def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) -> dict | None:

@@ -18,6 +18,34 @@ from scipy.stats import rankdata
 N_BOOTSTRAP = 1000
 
 
+def patient_groups(patient_ids: Sequence[str] | None) -> list[str] | None:
+    """The ids to resample whole patients by, or None where every case is its own patient (or an id is
+    missing): a bootstrap over one-case patients is a bootstrap over cases."""
+    ids = list(patient_ids or ())
+    return ids if ids and all(ids) and len(set(ids)) < len(ids) else None
+
+
+def case_predictions(csv_path, task: str, classes: Sequence[str] | None = None, split: str | None = "test") -> dict:
+    """One task's predictions per case from a predictions.csv, the unit of every paired comparison: case
+    ids, label indices and probabilities (6 decimals) in the file's order, plus `patient_id` only where
+    `patient_groups` would use it (repeating the case ids made a quarter of a results file).
+
+    `classes` fixes the probability columns' order (default: the file's); `split` None keeps every row
+    (cv's out-of-fold file has no test split)."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path, dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
+    if split is not None:
+        frame = frame[frame["split"] == split]
+    frame = frame[frame[f"{task}_true"] != ""]
+    prefix = f"{task}_prob_"
+    classes = list(classes or [c[len(prefix):] for c in frame.columns if c.startswith(prefix)])
+    cases = {"case_id": frame["case_id"].tolist(), "label": [classes.index(c) for c in frame[f"{task}_true"]],
+             "probs": frame[[prefix + c for c in classes]].round(6).to_numpy().tolist()}
+    groups = patient_groups(frame["patient_id"].tolist()) if "patient_id" in frame else None
+    return cases | ({"patient_id": groups} if groups else {})
+
+
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """AUROC from ranks (Mann-Whitney, ties averaged): sklearn's roc_auc_score value, fast enough
     for thousands of bootstrap draws; NaN when one class is missing."""

@@ -38,7 +38,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import N_BOOTSTRAP, format_difference, macro_auroc, paired_bootstrap, verdict  # noqa: E402
+from paired import (  # noqa: E402
+    N_BOOTSTRAP,
+    case_predictions,
+    format_difference,
+    macro_auroc,
+    paired_bootstrap,
+    patient_groups,
+    verdict,
+)
 
 TRUNKS = {"resnet18": "configs/pretrain/resnet18.yaml", "dcat": "configs/pretrain/dcat.yaml"}
 ARMS = ("pretrain", "scratch", "finetune")
@@ -149,16 +157,10 @@ def ensure_trained(argv: list[str], run_dir: Path, fresh: bool = False) -> tuple
 
 
 def per_case_predictions(run_dir: Path) -> dict:
-    """The run's test predictions per case (its one task): ids, patients, label index, probabilities."""
-    import pandas as pd
-
+    """The run's test predictions per case (its one task): ids, label index, probabilities, patients."""
     spec = json.loads((run_dir / "model" / "model.json").read_text())
     (task, classes), = spec["tasks"].items()
-    frame = pd.read_csv(run_dir / "predictions.csv", dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
-    frame = frame[(frame["split"] == "test") & (frame[f"{task}_true"] != "")]
-    return {"case_id": frame["case_id"].tolist(), "patient_id": frame["patient_id"].tolist(),
-            "label": [classes.index(c) for c in frame[f"{task}_true"]],
-            "probs": frame[[f"{task}_prob_{c}" for c in classes]].round(6).to_numpy().tolist()}
+    return case_predictions(run_dir / "predictions.csv", task, classes)
 
 
 def align(finetune: dict, scratch: dict, where: str) -> tuple[dict, dict, list | None]:
@@ -171,8 +173,7 @@ def align(finetune: dict, scratch: dict, where: str) -> tuple[dict, dict, list |
     b = {"label": np.asarray(scratch["label"]), "probs": np.asarray(scratch["probs"])}
     if not np.array_equal(a["label"], b["label"]):
         raise BenchmarkError(f"{where}: finetune and scratch disagree on the labels of the test cases")
-    patients = scratch["patient_id"]
-    return a, b, patients if all(patients) else None
+    return a, b, patient_groups(scratch.get("patient_id"))
 
 
 def _auc(cases: dict) -> float:

@@ -34,6 +34,19 @@ def test_group_resampling_keeps_a_patients_cases_together(paired):
     assert all((chosen == g).sum() % 3 == 0 for g in np.unique(chosen))
 
 
+def test_case_predictions_keep_patient_ids_only_where_a_patient_has_several_cases(paired, tmp_path: Path):
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("case_id,patient_id,split,label_true,label_prob_b,label_prob_a\n"
+                   "1,1,test,a,0.25,0.75\n2,2,test,b,0.6,0.4\n3,3,val,a,0.1,0.9\n4,4,test,,0.5,0.5\n")
+    cases = paired.case_predictions(csv, "label", classes=["a", "b"])
+    assert cases == {"case_id": ["1", "2"], "label": [0, 1], "probs": [[0.75, 0.25], [0.4, 0.6]]}
+    assert paired.case_predictions(csv, "label", split=None)["probs"][2] == [0.1, 0.9]  # the file's class order
+    csv.write_text(csv.read_text().replace("\n2,2,", "\n2,1,"))  # cases 1 and 2: one patient
+    assert paired.case_predictions(csv, "label", classes=["a", "b"])["patient_id"] == ["1", "1"]
+    assert paired.patient_groups(["p1", "p2"]) is None and paired.patient_groups(["p1", ""]) is None
+    assert paired.patient_groups(["p1", "p1", "p2"]) == ["p1", "p1", "p2"]
+
+
 def _per_case(rng, labels, skill):
     """Probabilities whose ranking of the positives improves with `skill`."""
     logits = skill * (labels * 2 - 1) + rng.normal(size=len(labels))

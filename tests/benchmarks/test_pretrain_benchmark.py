@@ -64,7 +64,7 @@ def test_bad_set_items_are_one_line_errors(bench, items, message):
 
 def _per_case(labels, probs, ids=None):
     ids = ids or [f"c{i}" for i in range(len(labels))]
-    return {"case_id": ids, "patient_id": [f"p{i}" for i in range(len(labels))], "label": list(labels),
+    return {"case_id": ids, "patient_id": [f"p{i // 2}" for i in range(len(labels))], "label": list(labels),
             "probs": [[1 - p, p] for p in probs]}
 
 
@@ -97,7 +97,9 @@ def test_arms_are_paired_by_case_id_and_must_score_the_same_cases(bench):
     shuffled = _per_case([0, 1, 1, 0][::-1], probs[::-1], ["c3", "c2", "c1", "c0"])
     a, b, groups = bench.align(shuffled, scratch, "tb")
     np.testing.assert_array_equal(a["probs"], b["probs"])
-    assert groups == scratch["patient_id"]
+    assert groups == scratch["patient_id"]  # two cases per patient: resampled together
+    one_case_each = {k: v for k, v in scratch.items() if k != "patient_id"}
+    assert bench.align(one_case_each, one_case_each, "tb")[2] is None
     with pytest.raises(bench.BenchmarkError, match="different test cases"):
         bench.align(_per_case(labels[:3], probs[:3]), scratch, "tb")
 
