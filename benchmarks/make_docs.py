@@ -55,7 +55,8 @@ Reproduce everything:
 ```
 DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --datasets breastmnist tb --seeds 0 1 2 3 4 --threads 1 --out docs/results/accuracy_cpu.json   # resumable
 DUALFUSE_DATA=../shared/data python benchmarks/accuracy.py --suite cpu --datasets pneumoniamnist brain_mri --seeds 0 1 2 --threads 1 --out docs/results/accuracy_cpu.json
-DUALFUSE_DATA=../shared/data python benchmarks/pretrain.py --heldout tb herlev breastmnist --trunks resnet18 --seeds 0 1 2 --threads 1 --out docs/results/pretrain_cpu.json
+DUALFUSE_DATA=../shared/data python benchmarks/pretrain.py --heldout pneumoniamnist breastmnist tb brain_mri lung_ct ham10000 herlev --trunks resnet18 --seeds 0 1 2 --threads 1 --out docs/results/pretrain_cpu.json
+DUALFUSE_DATA=../shared/data python benchmarks/pretrain.py --heldout breastmnist --trunks dcat --seeds 0 1 2 --threads 2 --out docs/results/pretrain_cpu.json
 DUALFUSE_DATA=... OUT=... bash benchmarks/gpu.sh            # GPU: CPU-sized rows (SEEDS, default 0 1 2) + paper-resolution rows
 python benchmarks/speed.py --out docs/results/speed_cpu.json
 python benchmarks/make_docs.py
@@ -674,6 +675,26 @@ def load_pretrain(results: Path) -> list[dict]:
     return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("pretrain_*.json"))]
 
 
+def pretrain_verdicts(summary: list[dict]) -> list[str]:
+    """Issue 14's claim per trunk: does pretraining beat scratch on every held-out dataset? Where it does not,
+    and which datasets were never held out, are named."""
+    lines = []
+    for trunk in dict.fromkeys(entry["trunk"] for entry in summary):
+        entries = sorted((e for e in summary if e["trunk"] == trunk), key=lambda e: DATASET_ORDER.index(e["heldout"])
+                         if e["heldout"] in DATASET_ORDER else len(DATASET_ORDER))
+        not_won = [f"{DATASET_NAMES.get(e['heldout'], e['heldout'])} ({e['verdict']})" for e in entries
+                   if e["verdict"] != "win"]
+        missing = [DATASET_NAMES.get(d, d) for d in DATASET_ORDER if d not in {e["heldout"] for e in entries}]
+        line = (f"- **{trunk}**: fine-tuning from the in-domain trunk beats scratch on "
+                f"{len(entries) - len(not_won)} of {len(entries)} held-out dataset(s) ({_tally(entries)}).")
+        if not_won:
+            line += f" It does not on: {', '.join(not_won)}."
+        if missing:
+            line += f" Not held out yet: {', '.join(missing)}."
+        lines.append(line)
+    return lines
+
+
 def pretrain_section(runs: list[dict]) -> list[str]:
     """Leave one dataset out: fine-tuned from an in-domain multitask trunk minus scratch, paired."""
     lines = ["## In-domain pretraining: does it beat scratch? (leave one dataset out)", "",
@@ -703,6 +724,7 @@ def pretrain_section(runs: list[dict]) -> list[str]:
                          f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
                          f"{format_difference(entry)} | **{entry['verdict']}** |")
+        lines += ["", *pretrain_verdicts(run["summary"])]
         # One line per trunk and machine: trunks measured in different sessions ran on different CPUs and threads.
         machines = {(r["trunk"], r["device_name"], r["torch"]): r["command"] for r in reversed(records)}
         lines.append("")

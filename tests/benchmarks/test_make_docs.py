@@ -262,3 +262,21 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
             "`python benchmarks/pretrain.py --heldout tb --trunks resnet18 --seeds 0`.") in text
     assert "Machine (dcat): Other CPU, 2 threads, torch 2.x. Reproduce one cell: `python benchmarks/pretrain.py " \
            "--heldout tb --trunks dcat --seeds 0 --threads 2`." in text  # each trunk's own machine
+    assert ("- **resnet18**: fine-tuning from the in-domain trunk beats scratch on 1 of 1 held-out dataset(s) "
+            "(1 win(s), 0 tie(s), 0 loss(es)). Not held out yet: PneumoniaMNIST, BreastMNIST, Brain tumor MRI "
+            "(4 classes), Lung CT IQ-OTH/NCCD (3 classes), HAM10000 dermoscopy (7 classes), Herlev pap smear "
+            "(7 classes).") in text
+
+
+def test_pretraining_verdicts_name_where_pretraining_does_not_beat_scratch():
+    make_docs = _load("make_docs")
+    summary = [{"heldout": name, "trunk": "resnet18", "verdict": verdict}
+               for name, verdict in zip(make_docs.DATASET_ORDER, ("tie", "loss", "win", "tie", "tie", "tie", "tie"))]
+    summary.append({"heldout": "breastmnist", "trunk": "dcat", "verdict": "tie"})
+    resnet, dcat = make_docs.pretrain_verdicts(summary)
+    assert resnet.startswith("- **resnet18**: fine-tuning from the in-domain trunk beats scratch on 1 of 7 held-out "
+                             "dataset(s) (1 win(s), 5 tie(s), 1 loss(es)). It does not on: PneumoniaMNIST (tie), "
+                             "BreastMNIST (loss), Brain tumor MRI (4 classes) (tie),")
+    assert "Not held out yet" not in resnet
+    assert dcat.startswith("- **dcat**: fine-tuning from the in-domain trunk beats scratch on 0 of 1 held-out dataset(s)")
+    assert dcat.endswith("Herlev pap smear (7 classes).") and "Not held out yet: PneumoniaMNIST, TB" in dcat
