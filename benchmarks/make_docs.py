@@ -703,7 +703,9 @@ def pretrain_section(runs: list[dict]) -> list[str]:
              "trunk's plain model is trained on X from scratch and fine-tuned on X from that trunk (`model.init_from`), "
              "same seed, split and budget (a full cosine schedule, best-validation-AUC checkpoint). ΔAUC is fine-tuned "
              "minus scratch on X's test cases: 95% CI from a paired bootstrap (patients where X has ids), pooled over "
-             "seeds; *win*/*loss* only when the CI excludes 0.", ""]
+             "seeds; *win*/*loss* only when the CI excludes 0. The trunk's strength is shown beside its sets: the "
+             "median (range) over seeds and sets of its pretraining heads' validation ROC-AUC. A weak trunk (heads "
+             "far below what each set reaches alone) makes a tie say little about pretraining in general.", ""]
     for run in runs:
         records = run["records"]
         if not run.get("summary"):
@@ -720,8 +722,13 @@ def pretrain_section(runs: list[dict]) -> list[str]:
             seen = (f"{entry['source_px'].get(entry['heldout'])} → {entry['img_size']} px, {target['in_chans']} channel(s)"
                     f"{cases}, {target['epochs']} epochs (ran {_span(ran)}), CPU")
             sets = ", ".join(f"{name} ({pre['source_px'].get(name)} px)" for name in entry["pretrained_on"])
+            heads = [auc for r in records if r["arm"] == "pretrain" and r["seed"] in entry["seeds"]
+                     and (r["heldout"], r["trunk"]) == (entry["heldout"], entry["trunk"])
+                     for auc in r.get("val_auc", {}).values()]
+            strength = (f"; its heads' val AUC median {statistics.median(heads):.2f} ({min(heads):.2f}–{max(heads):.2f})"
+                        if heads else "")
             lines.append(f"| {DATASET_NAMES.get(entry['heldout'], entry['heldout'])} | {entry['trunk']} | {seen} | "
-                         f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each | "
+                         f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each{strength} | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
                          f"{format_difference(entry)} | **{entry['verdict']}** |")
         lines += ["", *pretrain_verdicts(run["summary"])]

@@ -246,7 +246,8 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
               "command": "python benchmarks/pretrain.py --heldout tb --trunks resnet18 --seeds 0", "max_train_cases": 1000,
               "epochs": 15, "in_chans": 1, "img_size": 64}
     records = [common | {"arm": "pretrain", "epochs_trained": 6, "max_train_cases": 600,
-                         "source_px": {"pneumoniamnist": 28, "ham10000": 128}},
+                         "source_px": {"pneumoniamnist": 28, "ham10000": 128},
+                         "val_auc": {"pneumoniamnist_label": 0.91, "ham10000_label": 0.62}},
                common | {"arm": "scratch", "epochs_trained": 15}, common | {"arm": "finetune", "epochs_trained": 15}]
     records.append(common | {"arm": "scratch", "epochs_trained": 15, "trunk": "dcat", "device_name": "Other CPU, 2 threads",
                              "command": "python benchmarks/pretrain.py --heldout tb --trunks dcat --seeds 0 --threads 2"})
@@ -256,7 +257,8 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
     (tmp_path / "pretrain_cpu.json").write_text(json.dumps({"records": records, "summary": summary}))
     text = make_docs.pretrain_section(make_docs.load_pretrain(tmp_path))
     assert ("| TB chest X-ray (Shenzhen + Montgomery) | resnet18 | 128 → 64 px, 1 channel(s), ≤ 1000 training images, "
-            "15 epochs (ran 15), CPU | pneumoniamnist (28 px), ham10000 (128 px); 6 epochs, ≤ 600 images each | 0 | "
+            "15 epochs (ran 15), CPU | pneumoniamnist (28 px), ham10000 (128 px); 6 epochs, ≤ 600 images each; "
+            "its heads' val AUC median 0.77 (0.62–0.91) | 0 | "
             "0.800 | 0.860 | +0.060 [+0.010, +0.110] | **win** |") in text
     assert ("Machine (resnet18): Test CPU, 2 cores, torch 2.x. Reproduce one cell: "
             "`python benchmarks/pretrain.py --heldout tb --trunks resnet18 --seeds 0`.") in text
