@@ -680,11 +680,11 @@ def pretrain_verdicts(summary: list[dict]) -> list[str]:
     and which datasets were never held out, are named."""
     lines = []
     for trunk in dict.fromkeys(entry["trunk"] for entry in summary):
-        entries = sorted((e for e in summary if e["trunk"] == trunk), key=lambda e: DATASET_ORDER.index(e["heldout"])
-                         if e["heldout"] in DATASET_ORDER else len(DATASET_ORDER))
+        held = {e["heldout"]: e for e in summary if e["trunk"] == trunk}
+        entries = [held[d] for d in DATASET_ORDER if d in held]
         not_won = [f"{DATASET_NAMES.get(e['heldout'], e['heldout'])} ({e['verdict']})" for e in entries
                    if e["verdict"] != "win"]
-        missing = [DATASET_NAMES.get(d, d) for d in DATASET_ORDER if d not in {e["heldout"] for e in entries}]
+        missing = [DATASET_NAMES.get(d, d) for d in DATASET_ORDER if d not in held]
         line = (f"- **{trunk}**: fine-tuning from the in-domain trunk beats scratch on "
                 f"{len(entries) - len(not_won)} of {len(entries)} held-out dataset(s) ({_tally(entries)}).")
         if not_won:
