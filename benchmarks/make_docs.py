@@ -19,7 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS  # noqa: E402
-from paired import accuracy, format_difference, macro_auroc, paired_bootstrap, patient_groups, verdict  # noqa: E402
+from paired import (  # noqa: E402
+    accuracy,
+    balanced_accuracy,
+    format_difference,
+    macro_auroc,
+    paired_bootstrap,
+    patient_groups,
+    verdict,
+)
 
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
@@ -184,9 +192,7 @@ def _number(run: dict, key: str):
     found = run["numbers"].get(key)
     cases = run["numbers"].get("per_case")
     if found is None and key == "bacc" and cases and cases["label"]:
-        from sklearn.metrics import balanced_accuracy_score
-
-        return balanced_accuracy_score(cases["label"], [max(range(len(p)), key=p.__getitem__) for p in cases["probs"]])
+        return balanced_accuracy(cases["probs"], cases["label"])
     return found
 
 
@@ -861,8 +867,10 @@ def cv_section(records: list[dict]) -> list[str]:
     return lines
 
 
-# Beyond the fusion comparisons: the recipe and the in-domain trunk, each against the plain ResNet-18.
-CV_COMPARISONS = (*COMPARISONS, ("resnet18 + small-data recipe", "resnet18"), ("resnet18 in-domain pretrained", "resnet18"))
+# Beyond the fusion comparisons: the recipe, its balanced loss alone and the in-domain trunk, each against
+# the plain ResNet-18.
+CV_COMPARISONS = (*COMPARISONS, ("resnet18 + small-data recipe", "resnet18"), ("resnet18 + balanced loss", "resnet18"),
+                  ("resnet18 in-domain pretrained", "resnet18"))
 
 
 def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[str]:
@@ -880,17 +888,19 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
                 continue
             diff = paired_differences(a, b, n_bootstrap)
             if diff:
+                bacc = paired_difference(a, b, n_bootstrap, metric=balanced_accuracy)
                 lines.append(f"| {DATASET_NAMES.get(dataset, dataset)} | {model_a} − {model_b} | "
                              f"{DEVICE_LABELS.get(device, device)} | {a['source_px']} → {a['img_size']} "
-                             f"{_difference_cells(diff)}")
+                             f"{_difference_cells(diff)} {format_difference(bacc)} {bacc['verdict']} |")
     if not lines:
         return []
     return ["### Paired, out of fold", "",
             "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
             "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several; "
-            "pooled over the seeds both have); ΔACC the same for out-of-fold accuracy.", "",
-            f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS}",
-            "|---|---|---|---|---|--:|---|--:|", *lines, ""]
+            "pooled over the seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
+            "accuracy (the mean recall over classes: what an imbalanced set such as HAM10000 is judged by).", "",
+            f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS} Δbalanced ACC [95% CI], verdict |",
+            "|---|---|---|---|---|--:|---|--:|--:|", *lines, ""]
 
 
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,

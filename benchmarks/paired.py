@@ -70,6 +70,13 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(probs), axis=1) == np.asarray(labels)))
 
 
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present (sklearn's balanced_accuracy_score): on a set where one class
+    is 72% of the cases, accuracy rewards always saying that class; this does not."""
+    predicted, labels = np.argmax(np.asarray(probs), axis=1), np.asarray(labels)
+    return float(np.mean([np.mean(predicted[labels == c] == c) for c in np.unique(labels)]))
+
+
 def _resample(rng: np.random.Generator, groups: np.ndarray | None, n: int) -> np.ndarray:
     if groups is None:
         return rng.integers(0, n, n)

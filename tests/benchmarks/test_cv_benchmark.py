@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dualfuse.config import expand_path
@@ -158,3 +159,30 @@ def test_rows_sharing_folds_are_paired_case_by_case(make_docs):
     recipe = next(x for x in text.splitlines() if "| resnet18 + small-data recipe − resnet18 |" in x)
     assert "| **tie** |" in recipe
     assert "in-domain pretrained − resnet18" not in text  # another input size: never paired
+
+
+def test_out_of_fold_pairs_show_a_balanced_loss_that_trades_accuracy_for_balanced_accuracy(make_docs):
+    """On a set where one class is most cases, the balanced-loss row wins on balanced accuracy while it
+    loses plain accuracy: the paired table must show both, each with its own CI and verdict."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice(3, 400, p=[0.8, 0.1, 0.1])
+    onehot = np.eye(3)[labels]
+
+    def record(model, probs, seed):
+        base = _cv_record("ham10000", 32, 0.8, 0.5, seed=seed)
+        return base | {"model": model, "row": f"ham10000-{model}",
+                       "per_case": {"case_id": [str(i) for i in range(400)], "label": labels.tolist(),
+                                    "probs": probs.tolist()}}
+
+    plain = 0.4 * onehot + 0.6 * np.array([1.0, 0, 0])  # always class 0: accuracy ~.75, balanced accuracy 1/3
+    right = rng.random((400, 1)) < np.where(labels == 0, 0.6, 0.9)[:, None]  # each class mostly right
+    balanced = np.where(right, onehot, np.roll(onehot, 1, axis=1))  # accuracy ~.68, balanced accuracy ~.8
+    records = [record(m, p, s) for s in (0, 1) for m, p in (("resnet18", plain), ("resnet18 + balanced loss", balanced))]
+    lines = make_docs.cv_section(records)
+    header = next(x for x in lines if x.startswith("| dataset | comparison |"))
+    assert header.endswith("Δbalanced ACC [95% CI], verdict |")
+    row = next(x for x in lines if "| resnet18 + balanced loss − resnet18 |" in x)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert row.count("|") == header.count("|")
+    assert cells[-2].startswith("-") and cells[-2].endswith(" loss")
+    assert cells[-1].startswith("+") and cells[-1].endswith(" win")

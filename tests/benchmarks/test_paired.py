@@ -157,3 +157,15 @@ def test_an_offset_that_keeps_the_ranking_shows_in_accuracy_not_in_auc(tmp_path:
     auc_cell, verdict, acc_cell = (cell.strip() for cell in line.split("|")[-4:-1])
     assert auc_cell == "+0.000 [+0.000, +0.000]" and verdict == "**tie**"
     assert acc_cell.startswith("-0.") and acc_cell.endswith(" loss")
+
+
+def test_balanced_accuracy_equals_sklearn_and_ignores_the_majority_class_share(paired):
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.choice(4, 500, p=[0.7, 0.2, 0.05, 0.05])
+    probs = rng.dirichlet(np.ones(4), 500)
+    probs[:, 3] = 0  # class 3 is never predicted: its recall is 0, not dropped
+    assert paired.balanced_accuracy(probs, labels) == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+    majority = np.tile([1.0, 0, 0, 0], (500, 1))  # always the 70% class: accuracy .7, balanced accuracy .25
+    assert paired.accuracy(majority, labels) > 0.65 and paired.balanced_accuracy(majority, labels) == 0.25
