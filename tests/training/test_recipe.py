@@ -27,6 +27,63 @@ def test_balanced_class_weights_are_n_over_c_times_count():
     assert 6 * weights[0] == pytest.approx(3 * weights[1]) == pytest.approx(1 * weights[2])
 
 
+def _loss(weight, smoothing=0.0):
+    """ClassificationTask._loss on one task "label", without building a model."""
+    from types import SimpleNamespace
+
+    from dualfuse.training.task import ClassificationTask
+
+    weight = None if weight is None else torch.tensor(weight, dtype=torch.float32)
+    task = SimpleNamespace(train_config={"label_smoothing": smoothing}, tasks=["label"], task_weights={"label": 1.0},
+                           _class_weight=lambda t: weight)
+    return lambda logits, labels, soft=None: ClassificationTask._loss(task, {"label": logits}, {"label": labels}, soft)
+
+
+# HAM10000's balanced weights N / (C * n_c): nv is 72% of the cases, df 1%.
+HAM_WEIGHTS = [4.6, 3.2, 1.47, 14.3, 1.74, 0.198, 11.0]
+
+
+def test_class_weights_without_smoothing_are_torchs_weighted_cross_entropy():
+    logits, labels = torch.randn(16, 7, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 7
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(HAM_WEIGHTS))
+    assert _loss(HAM_WEIGHTS)(logits, labels) == pytest.approx(expected.item(), rel=1e-6)
+    # The same cases as mixup's soft targets without mixing or smoothing: the same loss.
+    soft = torch.nn.functional.one_hot(labels, 7).float()
+    assert _loss(HAM_WEIGHTS)(logits, labels, soft) == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_smoothing_with_class_weights_keeps_a_majority_image_in_its_own_class(mixed):
+    """Trained on one nv image (the 72% class) with label smoothing and balanced weights, the model must
+    still call it nv. Weighting the smoothing mass per class made df's 1.4% smoothing share, times df's
+    weight 14.3, outweigh nv's own label times 0.198: the model learnt to call every nv image df."""
+    smoothing, nv = 0.1, 5
+    labels = torch.tensor([nv])
+    soft = ((1 - smoothing) * torch.nn.functional.one_hot(labels, 7) + smoothing / 7).float() if mixed else None
+    logits = torch.zeros(1, 7, requires_grad=True)
+    optimiser = torch.optim.SGD([logits], lr=1.0)
+    loss = _loss(HAM_WEIGHTS, smoothing)
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss(logits, labels, soft).backward()
+        optimiser.step()
+    probs = logits.detach().softmax(dim=1)[0]
+    assert probs.argmax().item() == nv and probs[nv] > 0.85  # the smoothed target: 0.9 + 0.1 / 7
+
+
+def test_a_mixed_case_is_weighted_by_its_two_labels_not_by_the_smoothing():
+    smoothing, lam = 0.1, 0.7
+    logits = torch.randn(2, 7, generator=torch.Generator().manual_seed(1))
+    a, b = torch.tensor([5, 3]), torch.tensor([3, 5])  # timm mixes a batch with its flip
+    one_hot = torch.nn.functional.one_hot
+    soft = (1 - smoothing) * (lam * one_hot(a, 7) + (1 - lam) * one_hot(b, 7)).float() + smoothing / 7
+    per_case = -(soft * logits.log_softmax(dim=1)).sum(dim=1)
+    w = torch.tensor(HAM_WEIGHTS)
+    case_weight = lam * w[a] + (1 - lam) * w[b]
+    expected = (per_case * case_weight).sum() / case_weight.sum()
+    assert _loss(HAM_WEIGHTS, smoothing)(logits, a, soft) == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
     config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK, "--train.ema_decay", "0.9",
                                            "--train.class_weights", "balanced", "--train.threads", "1"))
