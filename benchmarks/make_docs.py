@@ -870,6 +870,7 @@ def cv_section(records: list[dict]) -> list[str]:
 # Beyond the fusion comparisons: the recipe, its balanced loss alone and the in-domain trunk, each against
 # the plain ResNet-18.
 CV_COMPARISONS = (*COMPARISONS, ("resnet18 + small-data recipe", "resnet18"), ("resnet18 + balanced loss", "resnet18"),
+                  ("resnet18 + logit adjustment", "resnet18"), ("resnet18 + logit adjustment", "resnet18 + balanced loss"),
                   ("resnet18 in-domain pretrained", "resnet18"))
 
 

@@ -107,12 +107,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Small-data recipe parts, all off by default (see README "Small data"): weight EMA (timm
     # ModelEmaV3; validation, checkpoint choice and the saved model use the averaged weights),
-    # mixup / cutmix alphas (timm Mixup, single-image single-task models), and "balanced" class
-    # weights in the loss (N / (C * n_c) from the training split).
+    # mixup / cutmix alphas (timm Mixup, single-image single-task models), "balanced" class
+    # weights in the loss (N / (C * n_c) from the training split), or instead logit adjustment: the
+    # loss sees logits + tau * log(training prior), so the saved model's argmax is the balanced one.
     ema_decay: Optional[float] = None
     mixup: float = 0.0
     cutmix: float = 0.0
     class_weights: Optional[str] = None
+    logit_adjustment: float = 0.0
     threads: Optional[int] = None  # torch CPU threads (two trainings on 2 cores: give each 1)
     task_weights: Optional[dict[str, float]] = None
     grad_clip: Optional[float] = 1.0
@@ -310,6 +312,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"config: train.ema_decay must be in (0, 1), e.g. 0.999, got {train.ema_decay}")
     if train.class_weights is not None:
         _choice(train.class_weights, ("balanced",), "train.class_weights")
+    _at_least(train.logit_adjustment, 0, "train.logit_adjustment")
+    if train.logit_adjustment and train.class_weights is not None:
+        raise ConfigError("config: train.logit_adjustment and train.class_weights both correct for class imbalance; "
+                          "set one of them")
     if config.model.init_from is not None:
         source = expand_path(config.model.init_from, "model.init_from")
         if not source.exists():

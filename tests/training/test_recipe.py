@@ -1,4 +1,4 @@
-"""The small-data recipe parts: weight EMA, mixup/cutmix, balanced class weights, thread count."""
+"""The small-data recipe parts: weight EMA, mixup/cutmix, balanced class weights, logit adjustment, thread count."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from conftest import breast_args
 from dualfuse.api import train
 from dualfuse.config import ConfigError, parse_run_args
 from dualfuse.models.saved import load_model, load_weights_only
-from dualfuse.training.fit import balanced_class_weights
+from dualfuse.training.fit import balanced_class_weights, log_class_priors
 
 QUICK = ("--train.epochs", "1", "--train.limit_train_batches", "3")
 
@@ -27,15 +27,22 @@ def test_balanced_class_weights_are_n_over_c_times_count():
     assert 6 * weights[0] == pytest.approx(3 * weights[1]) == pytest.approx(1 * weights[2])
 
 
-def _loss(weight, smoothing=0.0):
+def test_log_class_priors_are_the_training_frequencies_with_absent_classes_kept_finite():
+    spec = type("Spec", (), {"tasks": {"label": ["a", "b", "c", "d"]}})()
+    priors = log_class_priors(_Data([0] * 6 + [1] * 3 + [2] * 1), spec)["label"]
+    assert np.exp(priors) == pytest.approx([0.6, 0.3, 0.1, 0.1])
+
+
+def _loss(weight, smoothing=0.0, log_prior=None, tau=0.0):
     """ClassificationTask._loss on one task "label", without building a model."""
     from types import SimpleNamespace
 
     from dualfuse.training.task import ClassificationTask
 
     weight = None if weight is None else torch.tensor(weight, dtype=torch.float32)
-    task = SimpleNamespace(train_config={"label_smoothing": smoothing}, tasks=["label"], task_weights={"label": 1.0},
-                           _class_weight=lambda t: weight)
+    log_prior = None if log_prior is None else torch.tensor(log_prior, dtype=torch.float32)
+    task = SimpleNamespace(train_config={"label_smoothing": smoothing, "logit_adjustment": tau}, tasks=["label"],
+                           task_weights={"label": 1.0}, _class_weight=lambda t: weight, _log_prior=lambda t: log_prior)
     return lambda logits, labels, soft=None: ClassificationTask._loss(task, {"label": logits}, {"label": labels}, soft)
 
 
@@ -84,6 +91,49 @@ def test_a_mixed_case_is_weighted_by_its_two_labels_not_by_the_smoothing():
     assert _loss(HAM_WEIGHTS, smoothing)(logits, a, soft) == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_logit_adjusted_loss_is_cross_entropy_of_the_shifted_logits():
+    logits, labels = torch.randn(16, 3, generator=torch.Generator().manual_seed(2)), torch.arange(16) % 3
+    log_prior = np.log([0.7, 0.2, 0.1])
+    expected = torch.nn.functional.cross_entropy(logits + 0.5 * torch.tensor(log_prior, dtype=torch.float32), labels)
+    assert _loss(None, log_prior=log_prior, tau=0.5)(logits, labels) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _fit_logistic(x, y, loss, steps=500):
+    """Two-class logistic regression on 1-D `x`, trained with `loss(logits, y)`."""
+    w, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        value = loss(x[:, None] * w + b, y)
+        value.backward()
+        return value
+
+    optimiser.step(closure)
+    return lambda x: (x[:, None] * w + b).detach().argmax(dim=1)
+
+
+def test_logit_adjustment_moves_the_argmax_to_the_balanced_one():
+    """One feature, classes N(0, 1) and N(1.5, 1), the second 5% of the training cases: plain cross-entropy
+    puts the boundary deep into the rare class (it answers the common one); the adjusted loss puts it
+    near 0.75, halfway, which is what balanced accuracy rewards."""
+    generator = torch.Generator().manual_seed(3)
+    y = (torch.arange(4000) % 20 == 0).long()
+    x = torch.randn(4000, generator=generator) + 1.5 * y
+    log_prior = np.log([0.95, 0.05])
+    test_y = torch.arange(4000) % 2
+    test_x = torch.randn(4000, generator=generator) + 1.5 * test_y
+
+    def balanced_accuracy(predict):
+        predicted = predict(test_x)
+        return np.mean([(predicted[test_y == c] == c).float().mean().item() for c in (0, 1)])
+
+    plain = balanced_accuracy(_fit_logistic(x, y, _loss(None)))
+    adjusted = balanced_accuracy(_fit_logistic(x, y, _loss(None, log_prior=log_prior, tau=1.0)))
+    # Bayes-optimal balanced accuracy here is Phi(0.75) = 0.77; the plain boundary sits near x = 2.7.
+    assert adjusted > 0.74 and plain < 0.65
+
+
 def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
     config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK, "--train.ema_decay", "0.9",
                                            "--train.class_weights", "balanced", "--train.threads", "1"))
@@ -101,7 +151,8 @@ def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
 
 def test_mixup_and_cutmix_train_a_single_image_model(data_root, tmp_path):
     config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK, "--train.mixup", "0.2",
-                                           "--train.cutmix", "1.0", "--train.label_smoothing", "0.1"))
+                                           "--train.cutmix", "1.0", "--train.label_smoothing", "0.1",
+                                           "--train.logit_adjustment", "1.0"))
     summary = train(config)
     assert np.isfinite(summary["tasks"]["label"]["val"]["roc_auc"]["value"])
 
@@ -120,7 +171,14 @@ def test_mixup_on_a_zip_model_fails_before_the_run_folder_exists(data_root, tmp_
 
 
 @pytest.mark.parametrize("key, value", [("train.ema_decay", "1.5"), ("train.class_weights", "inverse"),
-                                        ("train.threads", "0"), ("train.mixup", "-1")])
+                                        ("train.threads", "0"), ("train.mixup", "-1"),
+                                        ("train.logit_adjustment", "-0.5")])
 def test_bad_recipe_values_name_their_key(data_root, tmp_path, key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_run_args(breast_args(data_root, tmp_path / "run", f"--{key}", value))
+
+
+def test_logit_adjustment_with_class_weights_is_refused(data_root, tmp_path):
+    with pytest.raises(ConfigError, match="train.logit_adjustment and train.class_weights"):
+        parse_run_args(breast_args(data_root, tmp_path / "run", "--train.logit_adjustment", "1",
+                                   "--train.class_weights", "balanced"))

@@ -80,13 +80,22 @@ def _read_csv(path: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
+def _train_class_counts(data: pl.LightningDataModule, spec: ModelSpec) -> dict[str, np.ndarray]:
+    return {task: np.bincount(np.asarray(data.datasets["train"].labels(task)), minlength=len(names)).astype(float)
+            for task, names in spec.tasks.items()}
+
+
 def balanced_class_weights(data: pl.LightningDataModule, spec: ModelSpec) -> dict[str, list[float]]:
     """Per task, N / (C * n_c) from the training split's labels (a class absent from train gets 1)."""
-    out = {}
-    for task, names in spec.tasks.items():
-        counts = np.bincount(np.asarray(data.datasets["train"].labels(task)), minlength=len(names)).astype(float)
-        out[task] = [float(counts.sum() / (len(names) * c)) if c else 1.0 for c in counts]
-    return out
+    return {task: [float(counts.sum() / (len(counts) * c)) if c else 1.0 for c in counts]
+            for task, counts in _train_class_counts(data, spec).items()}
+
+
+def log_class_priors(data: pl.LightningDataModule, spec: ModelSpec) -> dict[str, list[float]]:
+    """Per task, log(n_c / N) from the training split's labels (a class absent from train counts as one
+    case, so its log prior stays finite)."""
+    return {task: np.log(np.maximum(counts, 1.0) / counts.sum()).tolist()
+            for task, counts in _train_class_counts(data, spec).items()}
 
 
 def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_dir: Path, resume: bool,
@@ -99,9 +108,10 @@ def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_di
     train = config.train
     last = run_dir / "checkpoints" / "last.ckpt"
     class_weights = balanced_class_weights(data, spec) if train.class_weights == "balanced" else None
+    log_priors = log_class_priors(data, spec) if train.logit_adjustment else None
     task = ClassificationTask(spec.to_dict(), asdict(train),
                               transferred=sorted(initial_weights) if initial_weights is not None else None,
-                              class_weights=class_weights)
+                              class_weights=class_weights, log_priors=log_priors)
     if initial_weights and not resume:
         task.model.load_state_dict(initial_weights, strict=False)
         if task.ema is not None:  # the average starts from the transferred weights too

@@ -90,10 +90,12 @@ class ClassificationTask(pl.LightningModule):
         transferred: names of the tensors `model.init_from` loaded (fine-tuning): `backbone_lr` and
             `freeze_epochs` then act on those outside the heads.
         class_weights: per task, one loss weight per class (`train.class_weights: balanced`).
+        log_priors: per task, the training split's log class frequencies (`train.logit_adjustment`).
     """
 
     def __init__(self, spec: dict, train: dict, transferred: list[str] | None = None,
-                 class_weights: dict[str, list[float]] | None = None):
+                 class_weights: dict[str, list[float]] | None = None,
+                 log_priors: dict[str, list[float]] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.spec = ModelSpec.from_dict(spec)
@@ -113,6 +115,9 @@ class ClassificationTask(pl.LightningModule):
         for task, values in (class_weights or {}).items():
             self.register_buffer(f"class_weight_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
         self.class_weighted = set(class_weights or {})
+        for task, values in (log_priors or {}).items():
+            self.register_buffer(f"log_prior_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
+        self.prior_adjusted = set(log_priors or {})
         check_recipe(train, self.model, self.tasks)
         # The averaged weights are a submodule, so checkpoints hold them and a resume continues them.
         self.ema = ModelEmaV3(self.model, decay=float(train["ema_decay"]), use_warmup=True) \
@@ -134,6 +139,9 @@ class ClassificationTask(pl.LightningModule):
     def _class_weight(self, task: str) -> torch.Tensor | None:
         return getattr(self, f"class_weight_{task}") if task in self.class_weighted else None
 
+    def _log_prior(self, task: str) -> torch.Tensor | None:
+        return getattr(self, f"log_prior_{task}") if task in self.prior_adjusted else None
+
     def _loss(self, logits: dict[str, torch.Tensor], batch: dict, soft: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy per task; `soft` targets (mixup/cutmix, already smoothed) for the one task.
 
@@ -141,18 +149,24 @@ class ClassificationTask(pl.LightningModule):
         `F.cross_entropy(weight=...)` does for hard labels). It never weights the smoothing mass: weighting
         each class's term of a smoothed target hands every image of the majority class a rare-class target
         worth more than its own label, and the model learns to call it rare (HAM10000 with the small-data
-        recipe: 12.6% accuracy)."""
+        recipe: 12.6% accuracy).
+
+        Logit adjustment (Menon et al., ICLR 2021) scores `logits + tau * log(prior)`: the network has to
+        out-argue the prior itself, so the logits it outputs rank classes as if they were equally common
+        (the argmax that balanced accuracy asks for), without weighting any case."""
         smoothing = float(self.train_config.get("label_smoothing", 0.0))
+        tau = float(self.train_config.get("logit_adjustment") or 0.0)
         total = 0.0
         for t in self.tasks:
-            weight = self._class_weight(t)
+            weight, log_prior = self._class_weight(t), self._log_prior(t)
+            z = logits[t].float() if log_prior is None else logits[t].float() + tau * log_prior
             if soft is not None:
-                per_case = -(soft * F.log_softmax(logits[t].float(), dim=1)).sum(dim=1)
+                per_case = -(soft * F.log_softmax(z, dim=1)).sum(dim=1)
                 # soft = (1 - s) * (the cases' mixed one-hot labels) + s / C: recover the labels' weight.
                 case_weight = None if weight is None else \
                     (soft @ weight - smoothing * weight.mean()) / (1.0 - smoothing)
             else:
-                per_case = F.cross_entropy(logits[t].float(), batch[t], label_smoothing=smoothing, reduction="none")
+                per_case = F.cross_entropy(z, batch[t], label_smoothing=smoothing, reduction="none")
                 case_weight = None if weight is None else weight[batch[t]]
             loss = per_case.mean() if case_weight is None else (per_case * case_weight).sum() / case_weight.sum()
             total = total + self.task_weights[t] * loss
