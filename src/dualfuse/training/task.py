@@ -112,12 +112,9 @@ class ClassificationTask(pl.LightningModule):
         if unknown:
             raise ValueError(f"train.task_weights names unknown tasks {sorted(unknown)}; tasks are {self.tasks}")
         self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
-        for task, values in (class_weights or {}).items():
-            self.register_buffer(f"class_weight_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
-        self.class_weighted = set(class_weights or {})
-        for task, values in (log_priors or {}).items():
-            self.register_buffer(f"log_prior_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
-        self.prior_adjusted = set(log_priors or {})
+        for prefix, per_task in (("class_weight", class_weights), ("log_prior", log_priors)):
+            for task, values in (per_task or {}).items():
+                self.register_buffer(f"{prefix}_{task}", torch.tensor(values, dtype=torch.float32), persistent=False)
         check_recipe(train, self.model, self.tasks)
         # The averaged weights are a submodule, so checkpoints hold them and a resume continues them.
         self.ema = ModelEmaV3(self.model, decay=float(train["ema_decay"]), use_warmup=True) \
@@ -137,10 +134,10 @@ class ClassificationTask(pl.LightningModule):
         return model(batch[self.modalities[0]])
 
     def _class_weight(self, task: str) -> torch.Tensor | None:
-        return getattr(self, f"class_weight_{task}") if task in self.class_weighted else None
+        return getattr(self, f"class_weight_{task}", None)
 
     def _log_prior(self, task: str) -> torch.Tensor | None:
-        return getattr(self, f"log_prior_{task}") if task in self.prior_adjusted else None
+        return getattr(self, f"log_prior_{task}", None)
 
     def _loss(self, logits: dict[str, torch.Tensor], batch: dict, soft: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy per task; `soft` targets (mixup/cutmix, already smoothed) for the one task.
