@@ -5,6 +5,8 @@ Kept free of heavy imports so `make_docs.py` (and its test) run without torch.
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import os
 import platform
@@ -79,14 +81,91 @@ def machine(device: str = "cpu") -> dict:
             "platform": platform.platform()}
 
 
+# Keys whose values are one record's per-case predictions (labels, probabilities, case ids): the bulk of a
+# results file, read only by the paired comparisons.
+CASE_KEYS = ("per_case", "reference_per_case")
+CASES_FILE_KEY = "per_case_file"
+
+
+def _cases_dir(path: Path) -> Path:
+    return path.parent / "cases" / path.stem
+
+
+def _pop_cases(node, trail: tuple = ()) -> dict[str, object]:
+    """Remove every CASE_KEYS value from a record (at any depth), keyed by its "/"-joined key path."""
+    found = {}
+    if isinstance(node, dict):
+        for key in list(node):
+            if key in CASE_KEYS:
+                found["/".join((*trail, key))] = node.pop(key)
+            else:
+                found.update(_pop_cases(node[key], (*trail, key)))
+    return found
+
+
+def _cases_name(record: dict, text: str) -> str:
+    """Row, seed and device for a reader, a content hash so an unchanged record keeps its file."""
+    label = "-".join(str(record[k]) for k in ("row", "seed", "device") if k in record) or "record"
+    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    return f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json.gz"
+
+
+def _externalise(path: Path, record: dict) -> dict:
+    """The record without its per-case predictions, which go to one gzip file under `cases/<stem>/`:
+    a new (row, seed) then adds one small file instead of rewriting a results file of megabytes."""
+    record = json.loads(json.dumps(record, default=float))  # a deep copy: the caller's record stays whole
+    cases = _pop_cases(record)
+    if not cases:
+        return record
+    text = json.dumps(cases, separators=(",", ":"), default=float)
+    target = _cases_dir(path) / _cases_name(record, text)
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
+            zipped.write(text.encode())  # mtime 0: the same predictions give the same bytes
+        tmp.replace(target)
+    return record | {CASES_FILE_KEY: target.relative_to(path.parent).as_posix()}
+
+
+def _internalise(path: Path, record: dict) -> dict:
+    """Put a record's per-case predictions back where `_externalise` took them from."""
+    name = record.pop(CASES_FILE_KEY, None)
+    if name is None:
+        return record
+    try:
+        cases = json.loads(gzip.decompress((path.parent / name).read_bytes()))
+    except (OSError, ValueError) as error:
+        raise BenchmarkError(f"{path}: record {record.get('row')} seed {record.get('seed')}: cannot read its "
+                             f"per-case file {path.parent / name} ({' '.join(str(error).split())})") from None
+    for trail, value in cases.items():
+        *parents, key = trail.split("/")
+        node = record
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return record
+
+
+def _is_results(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("records"), list)
+
+
 def read_json(path: Path, default):
-    return json.loads(path.read_text()) if path.is_file() else default
+    """A JSON file, or `default` when there is none; a results file comes back with every record's
+    per-case predictions read back in from its `cases/` files."""
+    if not path.is_file():
+        return default
+    payload = json.loads(path.read_text())
+    if _is_results(payload):
+        payload["records"] = [_internalise(path, r) for r in payload["records"]]
+    return payload
 
 
 def _dumps(payload) -> str:
-    """A results file with one compact record per line: half the size of an indented dump (the per-case
-    probabilities dominate) and still one diff line per changed record."""
-    if not (isinstance(payload, dict) and isinstance(payload.get("records"), list)):
+    """A results file with one compact record per line: half the size of an indented dump and still one
+    diff line per changed record."""
+    if not _is_results(payload):
         return json.dumps(payload, indent=1, default=float)
     head = {k: v for k, v in payload.items() if k != "records"}
     lines = [json.dumps(r, separators=(",", ":"), default=float) for r in payload["records"]]
@@ -95,11 +174,20 @@ def _dumps(payload) -> str:
 
 
 def write_json(path: Path, payload) -> None:
-    """Write atomically, so an interrupted benchmark never leaves half a results file."""
+    """Write atomically, so an interrupted benchmark never leaves half a results file. A results file
+    (a dict with "records") keeps each record's per-case predictions in its own gzip file beside it
+    (`cases/<stem>/`); case files no record points to any more are deleted after the write."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _is_results(payload):
+        payload = payload | {"records": [_externalise(path, r) for r in payload["records"]]}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(_dumps(payload) + "\n")
     tmp.replace(path)
+    if _is_results(payload) and _cases_dir(path).is_dir():
+        kept = {r.get(CASES_FILE_KEY) for r in payload["records"]}
+        for stale in _cases_dir(path).glob("*.json.gz"):
+            if stale.relative_to(path.parent).as_posix() not in kept:
+                stale.unlink()
 
 
 def merge_records(old: list[dict], new: list[dict], key) -> list[dict]:

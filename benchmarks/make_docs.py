@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS  # noqa: E402
+from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS, read_json  # noqa: E402
 from paired import (  # noqa: E402
     accuracy,
     balanced_accuracy,
@@ -75,14 +74,14 @@ python benchmarks/make_docs.py
 def load_results(results: Path) -> tuple[list[dict], list[dict]]:
     """All accuracy records and all speed files under `results`, in file-name order."""
     records = [r for path in sorted(results.glob("accuracy_*.json"))
-               for r in json.loads(path.read_text())["records"]]
-    speeds = [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("speed_*.json"))]
+               for r in read_json(path, {})["records"]]
+    speeds = [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("speed_*.json"))]
     return records, speeds
 
 
 def load_serving(results: Path) -> list[dict]:
     """Every serve_*.json (benchmarks/serve.py), in file-name order."""
-    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("serve_*.json"))]
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("serve_*.json"))]
 
 
 def protocol(record: dict) -> tuple:
@@ -590,7 +589,7 @@ def serving_section(serving: list[dict]) -> list[str]:
 
 
 def load_uncertainty(results: Path) -> list[dict]:
-    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("uncertainty_*.json"))]
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("uncertainty_*.json"))]
 
 
 UNCERTAINTY_SOURCES = {
@@ -678,7 +677,7 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
 
 
 def load_pretrain(results: Path) -> list[dict]:
-    return [json.loads(path.read_text()) | {"file": path.name} for path in sorted(results.glob("pretrain_*.json"))]
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("pretrain_*.json"))]
 
 
 def pretrain_verdicts(summary: list[dict]) -> list[str]:
@@ -749,7 +748,7 @@ def pretrain_section(runs: list[dict]) -> list[str]:
 
 def load_cv(results: Path) -> list[dict]:
     """Every record of every cv_*.json (benchmarks/cv.py), in file-name order."""
-    return [r for path in sorted(results.glob("cv_*.json")) for r in json.loads(path.read_text())["records"]]
+    return [r for path in sorted(results.glob("cv_*.json")) for r in read_json(path, {})["records"]]
 
 
 # Issue 14's cross-validation targets, each on the number it names: TB's "test AUC" is the K fold models as
