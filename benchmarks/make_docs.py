@@ -870,6 +870,8 @@ def cv_section(records: list[dict]) -> list[str]:
 # the plain ResNet-18.
 CV_COMPARISONS = (*COMPARISONS, ("resnet18 + small-data recipe", "resnet18"), ("resnet18 + balanced loss", "resnet18"),
                   ("resnet18 + logit adjustment", "resnet18"), ("resnet18 + logit adjustment", "resnet18 + balanced loss"),
+                  ("resnet18 + post-hoc logit adjustment", "resnet18"),
+                  ("resnet18 + post-hoc logit adjustment", "resnet18 + logit adjustment"),
                   ("resnet18 in-domain pretrained", "resnet18"))
 
 

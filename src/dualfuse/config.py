@@ -109,12 +109,15 @@ class TrainConfig:
     # ModelEmaV3; validation, checkpoint choice and the saved model use the averaged weights),
     # mixup / cutmix alphas (timm Mixup, single-image single-task models), "balanced" class
     # weights in the loss (N / (C * n_c) from the training split), or instead logit adjustment: the
-    # loss sees logits + tau * log(training prior), so the saved model's argmax is the balanced one.
+    # loss sees logits + tau * log(training prior), so the saved model's argmax is the balanced one;
+    # or post-hoc logit adjustment: train plainly, then subtract tau * log(training prior) from the saved
+    # model's output biases (the same balanced argmax, no retraining of what the network learned).
     ema_decay: Optional[float] = None
     mixup: float = 0.0
     cutmix: float = 0.0
     class_weights: Optional[str] = None
     logit_adjustment: float = 0.0
+    posthoc_logit_adjustment: float = 0.0
     threads: Optional[int] = None  # torch CPU threads (two trainings on 2 cores: give each 1)
     task_weights: Optional[dict[str, float]] = None
     grad_clip: Optional[float] = 1.0
@@ -313,9 +316,12 @@ def validate(config: RunConfig) -> None:
     if train.class_weights is not None:
         _choice(train.class_weights, ("balanced",), "train.class_weights")
     _at_least(train.logit_adjustment, 0, "train.logit_adjustment")
-    if train.logit_adjustment and train.class_weights is not None:
-        raise ConfigError("config: train.logit_adjustment and train.class_weights both correct for class imbalance; "
-                          "set one of them")
+    _at_least(train.posthoc_logit_adjustment, 0, "train.posthoc_logit_adjustment")
+    corrections = [key for key, on in (("train.class_weights", train.class_weights is not None),
+                                       ("train.logit_adjustment", train.logit_adjustment),
+                                       ("train.posthoc_logit_adjustment", train.posthoc_logit_adjustment)) if on]
+    if len(corrections) > 1:
+        raise ConfigError(f"config: {' and '.join(corrections)} each correct for class imbalance; set only one of them")
     if config.model.init_from is not None:
         source = expand_path(config.model.init_from, "model.init_from")
         if not source.exists():

@@ -5,6 +5,7 @@ widths); a model registered without one fails here, so a new model is held to th
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 
 import dualfuse
 from dualfuse.models import IMAGE_MAP, DualfuseModel, ModelSpec, PaperReference, Preprocessing
+from dualfuse.models.heads import add_logit_offsets, output_bias_names
 from dualfuse.models.registry import create_model, list_models, model_class
 from dualfuse.models.summary import example_inputs
 
@@ -112,6 +114,22 @@ def test_stochastic_after_deterministic_is_forward_in_eval_mode(case):
     assert isinstance(split, dict) and split.keys() == full.keys()
     for task in full:
         assert torch.equal(split[task], full[task]), task
+
+
+@with_case
+@torch.no_grad()
+def test_logit_offsets_in_the_output_bias_move_each_tasks_logits_exactly(case):
+    """Post-hoc logit adjustment writes into these biases; any layer after them would bend the offsets."""
+    _, _, model, inputs = case
+    model = copy.deepcopy(model)  # the cached model stays as built
+    before = model(inputs)
+    offsets = {task: [0.25 * (c + 1) * (-1) ** c for c in range(n)] for task, n in model.tasks.items()}
+    add_logit_offsets(model, offsets)
+    after = model(inputs)
+    for task in model.tasks:
+        torch.testing.assert_close(after[task], before[task] + torch.tensor(offsets[task]), rtol=0, atol=1e-5)
+    names = output_bias_names(model)
+    assert set(names) == set(model.tasks) and all(name in model.state_dict() for name in names.values())
 
 
 @with_case

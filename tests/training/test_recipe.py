@@ -1,4 +1,5 @@
-"""The small-data recipe parts: weight EMA, mixup/cutmix, balanced class weights, logit adjustment, thread count."""
+"""The small-data recipe parts: weight EMA, mixup/cutmix, balanced class weights, logit adjustment (in the loss or
+post hoc), thread count."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,7 @@ from conftest import breast_args
 
 from dualfuse.api import train
 from dualfuse.config import ConfigError, parse_run_args
+from dualfuse.models.heads import output_bias_names, posthoc_logit_offsets
 from dualfuse.models.saved import load_model, load_weights_only
 from dualfuse.training.fit import balanced_class_weights, log_class_priors
 
@@ -110,7 +112,7 @@ def _fit_logistic(x, y, loss, steps=500):
         return value
 
     optimiser.step(closure)
-    return lambda x: (x[:, None] * w + b).detach().argmax(dim=1)
+    return lambda x, offset=(0.0, 0.0): (x[:, None] * w + b + torch.tensor(offset)).detach().argmax(dim=1)
 
 
 def test_logit_adjustment_moves_the_argmax_to_the_balanced_one():
@@ -128,10 +130,14 @@ def test_logit_adjustment_moves_the_argmax_to_the_balanced_one():
         predicted = predict(test_x)
         return np.mean([(predicted[test_y == c] == c).float().mean().item() for c in (0, 1)])
 
-    plain = balanced_accuracy(_fit_logistic(x, y, _loss(None)))
+    plain_model = _fit_logistic(x, y, _loss(None))
+    plain = balanced_accuracy(plain_model)
     adjusted = balanced_accuracy(_fit_logistic(x, y, _loss(None, log_prior=log_prior, tau=1.0)))
+    # Post hoc: the plain model with -log(prior) added to its logits (what train.posthoc_logit_adjustment
+    # writes into the output bias), no retraining.
+    posthoc = balanced_accuracy(lambda x: plain_model(x, offset=posthoc_logit_offsets(1.0, {"t": log_prior})["t"]))
     # Bayes-optimal balanced accuracy here is Phi(0.75) = 0.77; the plain boundary sits near x = 2.7.
-    assert adjusted > 0.74 and plain < 0.65
+    assert adjusted > 0.74 and posthoc > 0.74 and plain < 0.65
 
 
 def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
@@ -147,6 +153,25 @@ def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
     from_ckpt, _ = load_model(tmp_path / "run" / "checkpoints" / "best.ckpt")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(tensor, ema[name]) and torch.equal(from_ckpt.state_dict()[name], tensor), name
+
+
+def test_posthoc_logit_adjustment_saves_minus_tau_log_prior_in_the_output_bias(data_root, tmp_path):
+    config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK,
+                                           "--train.posthoc_logit_adjustment", "0.5"))
+    summary = train(config)
+    checkpoint = load_weights_only(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    log_priors = checkpoint["hyper_parameters"]["log_priors"]["label"]
+    assert np.exp(log_priors).sum() == pytest.approx(1.0) and log_priors[0] != log_priors[1]  # frequencies
+    offsets = [-0.5 * value for value in log_priors]
+    assert summary["posthoc_logit_offsets"] == {"label": pytest.approx(offsets)}
+    trained = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    saved, _ = load_model(tmp_path / "run" / "model")
+    from_ckpt, _ = load_model(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    bias = output_bias_names(saved)["label"]
+    for name, tensor in saved.state_dict().items():
+        expected = trained[name] + torch.tensor(offsets) if name == bias else trained[name]
+        torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(from_ckpt.state_dict()[name], tensor), name  # a checkpoint predicts as model/ does
 
 
 def test_mixup_and_cutmix_train_a_single_image_model(data_root, tmp_path):
@@ -172,13 +197,16 @@ def test_mixup_on_a_zip_model_fails_before_the_run_folder_exists(data_root, tmp_
 
 @pytest.mark.parametrize("key, value", [("train.ema_decay", "1.5"), ("train.class_weights", "inverse"),
                                         ("train.threads", "0"), ("train.mixup", "-1"),
-                                        ("train.logit_adjustment", "-0.5")])
+                                        ("train.logit_adjustment", "-0.5"), ("train.posthoc_logit_adjustment", "-1")])
 def test_bad_recipe_values_name_their_key(data_root, tmp_path, key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_run_args(breast_args(data_root, tmp_path / "run", f"--{key}", value))
 
 
-def test_logit_adjustment_with_class_weights_is_refused(data_root, tmp_path):
-    with pytest.raises(ConfigError, match="train.logit_adjustment and train.class_weights"):
-        parse_run_args(breast_args(data_root, tmp_path / "run", "--train.logit_adjustment", "1",
-                                   "--train.class_weights", "balanced"))
+@pytest.mark.parametrize("first, second", [(("train.logit_adjustment", "1"), ("train.class_weights", "balanced")),
+                                           (("train.logit_adjustment", "1"), ("train.posthoc_logit_adjustment", "1")),
+                                           (("train.posthoc_logit_adjustment", "1"), ("train.class_weights", "balanced"))])
+def test_two_imbalance_corrections_are_refused(data_root, tmp_path, first, second):
+    with pytest.raises(ConfigError, match="each correct for class imbalance") as error:
+        parse_run_args(breast_args(data_root, tmp_path / "run", f"--{first[0]}", first[1], f"--{second[0]}", second[1]))
+    assert first[0] in str(error.value) and second[0] in str(error.value)

@@ -219,6 +219,8 @@ def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | N
     }
     if transfer is not None:
         summary["init_from"] = transfer.to_dict()
+    if first is not None and first.logit_offsets:
+        summary["posthoc_logit_offsets"] = first.logit_offsets  # what the output biases got after training
     run.write_results(summary, frame)
     run.write_model_card()
     return summary

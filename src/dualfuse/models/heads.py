@@ -1,6 +1,8 @@
 """Classifier heads. Every dropout that MC sampling uses lives here or later, after the backbones."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import nn
 
@@ -60,3 +62,53 @@ class SingleHeadModel(DualfuseModel):
 
     def forward(self, inputs) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(inputs))
+
+
+HEAD_ATTRIBUTES = ("head", "heads")  # where every dualfuse model keeps its task heads
+
+
+def output_layers(model: DualfuseModel) -> dict[str, nn.Linear]:
+    """Per task, the Linear that writes its logits: the last Linear of `model.head` (one task) or of
+    `model.heads[task]`. A per-class constant added to its bias moves that task's logits and nothing else."""
+    heads = getattr(model, "heads", None)
+    if isinstance(heads, nn.ModuleDict):
+        per_task = dict(heads.items())
+    elif isinstance(getattr(model, "head", None), nn.Module) and len(model.tasks) == 1:
+        per_task = {next(iter(model.tasks)): model.head}
+    else:
+        raise ValueError(f"{type(model).__name__} keeps its task heads in neither `head` nor `heads`")
+    layers = {}
+    for task, head in per_task.items():
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        if not linears or linears[-1].bias is None or linears[-1].out_features != model.tasks[task]:
+            raise ValueError(f"{type(model).__name__}: task {task!r} does not end in a Linear with a bias "
+                             f"and {model.tasks[task]} outputs")
+        layers[task] = linears[-1]
+    return layers
+
+
+@torch.no_grad()
+def add_logit_offsets(model: DualfuseModel, offsets: Mapping[str, Sequence[float]]) -> None:
+    """Add a constant per class to each named task's logits, in its output layer's bias: the saved weights
+    then carry it, so evaluate, predict, serve, an ONNX export and Grad-CAM all decide the same way."""
+    layers = output_layers(model)
+    for task, offset in offsets.items():
+        bias = layers[task].bias
+        if len(offset) != bias.numel():
+            raise ValueError(f"task {task!r}: {len(offset)} logit offsets for {bias.numel()} classes")
+        bias.add_(torch.as_tensor(list(offset), dtype=bias.dtype, device=bias.device))
+
+
+def output_bias_names(model: DualfuseModel) -> dict[str, str]:
+    """Per task, the state-dict name of its output layer's bias (where `add_logit_offsets` writes)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return {task: f"{names[id(layer)]}.bias" for task, layer in output_layers(model).items()}
+
+
+def posthoc_logit_offsets(tau: float, log_priors: Mapping[str, Sequence[float]] | None) -> dict[str, list[float]] | None:
+    """Post-hoc logit adjustment (Menon et al., ICLR 2021): `-tau * log(training prior)` per class. Added to
+    a plainly trained model's logits it makes the argmax the balanced one, as if every class were equally
+    common; `None` when there is nothing to add."""
+    if not tau or not log_priors:
+        return None
+    return {task: [-float(tau) * float(value) for value in values] for task, values in log_priors.items()}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dualfuse.atomic import PathLike, atomic_write_bytes
+from dualfuse.models.heads import output_bias_names, posthoc_logit_offsets
 from dualfuse.models.spec import ModelSpec, SpecError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -220,6 +221,17 @@ def read_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Te
                   if key.startswith(prefix)}
     if not state_dict:
         raise CheckpointError(f"{path}: checkpoint holds no weights under {MODEL_PREFIX!r}")
+    # A run with train.posthoc_logit_adjustment saved its model with the offsets in the output biases;
+    # its checkpoints hold the weights before them: add them, so the checkpoint predicts as model/ does.
+    train = hparams.get("train") or {}
+    offsets = posthoc_logit_offsets(train.get("posthoc_logit_adjustment") or 0.0, hparams.get("log_priors"))
+    if offsets:
+        with torch.device("meta"):
+            names = output_bias_names(spec.build())
+        state_dict = dict(state_dict)
+        for task, offset in offsets.items():
+            bias = state_dict[names[task]]
+            state_dict[names[task]] = bias + torch.tensor(offset, dtype=bias.dtype)
     return spec, state_dict
 
 

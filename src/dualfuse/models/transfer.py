@@ -21,6 +21,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from dualfuse.models.heads import HEAD_ATTRIBUTES
 from dualfuse.models.multitask import DEFAULT_TRUNK, MULTITASK, as_trunk_weights
 from dualfuse.models.saved import (
     SPEC_NAME,
@@ -35,8 +36,6 @@ from dualfuse.models.saved import (
 from dualfuse.models.spec import ModelSpec
 
 __all__ = ["HEAD_ATTRIBUTES", "TransferReport", "adapt_channels", "head_parameter_names", "read_source_weights", "transfer_weights"]
-
-HEAD_ATTRIBUTES = ("head", "heads")  # where every dualfuse model keeps its task heads
 
 
 @dataclass

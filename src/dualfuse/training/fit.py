@@ -19,6 +19,7 @@ from torch import nn
 
 from dualfuse.atomic import atomic_write_bytes
 from dualfuse.config import ConfigError, RunConfig
+from dualfuse.models.heads import add_logit_offsets, posthoc_logit_offsets
 from dualfuse.models.saved import EMA_PREFIX, MODEL_PREFIX
 from dualfuse.models.spec import ModelSpec
 from dualfuse.training.checkpoints import AtomicCheckpointIO, load_weights_only
@@ -51,7 +52,8 @@ def check_monitor(monitor: str, tasks: list[str]) -> None:
 
 @dataclass
 class FitResult:
-    """What training produced: the best weights loaded into `model` (on rank zero)."""
+    """What training produced: the best weights loaded into `model` (on rank zero), with the post-hoc
+    logit offsets already in its output biases (`logit_offsets`, None without them)."""
 
     model: nn.Module
     best_checkpoint: Path
@@ -59,6 +61,7 @@ class FitResult:
     seconds: float
     interrupted: bool
     is_global_zero: bool
+    logit_offsets: dict[str, list[float]] | None = None
 
 
 def _keep_csv_history(logger: CSVLogger, history: list[dict], global_step: int) -> None:
@@ -108,7 +111,7 @@ def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_di
     train = config.train
     last = run_dir / "checkpoints" / "last.ckpt"
     class_weights = balanced_class_weights(data, spec) if train.class_weights == "balanced" else None
-    log_priors = log_class_priors(data, spec) if train.logit_adjustment else None
+    log_priors = log_class_priors(data, spec) if train.logit_adjustment or train.posthoc_logit_adjustment else None
     task = ClassificationTask(spec.to_dict(), asdict(train),
                               transferred=sorted(initial_weights) if initial_weights is not None else None,
                               class_weights=class_weights, log_priors=log_priors)
@@ -152,9 +155,13 @@ def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_di
             raise
     seconds = time.perf_counter() - started
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    offsets = None
     if trainer.is_global_zero and not trainer.interrupted:
         state = load_weights_only(best)["state_dict"]
         prefix = EMA_PREFIX if task.ema is not None else MODEL_PREFIX  # the weights validation chose
         task.model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        offsets = posthoc_logit_offsets(train.posthoc_logit_adjustment, log_priors)
+        if offsets:
+            add_logit_offsets(task.model, offsets)
     return FitResult(task.model, best, int(trainer.current_epoch), seconds, bool(trainer.interrupted),
-                     trainer.is_global_zero)
+                     trainer.is_global_zero, offsets)

@@ -156,7 +156,7 @@ class ClassificationTask(pl.LightningModule):
         total = 0.0
         for t in self.tasks:
             weight, log_prior = self._class_weight(t), self._log_prior(t)
-            z = logits[t].float() if log_prior is None else logits[t].float() + tau * log_prior
+            z = logits[t].float() if log_prior is None or not tau else logits[t].float() + tau * log_prior
             if soft is not None:
                 per_case = -(soft * F.log_softmax(z, dim=1)).sum(dim=1)
                 # soft = (1 - s) * (the cases' mixed one-hot labels) + s / C: recover the labels' weight.
