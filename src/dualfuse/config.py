@@ -354,6 +354,20 @@ def validate(config: RunConfig) -> None:
         _choice(split, ("train", "val", "test"), "eval.splits")
 
 
+def imbalance_correction(train: dict) -> str:
+    """How the saved model picks its class when classes are not equally common, in words for the model
+    card and the report: a clinician reading "predicted: mel" should know which rule named it."""
+    equal = "probabilities and the predicted class are those of a set where every class is equally common"
+    if train.get("posthoc_logit_adjustment"):
+        return (f"post-hoc logit adjustment (tau = {train['posthoc_logit_adjustment']:g}): trained plainly, then "
+                f"-tau * log(training class frequency) added to the logits; {equal}")
+    if train.get("logit_adjustment"):
+        return f"logit-adjusted loss (tau = {train['logit_adjustment']:g}); {equal}"
+    if train.get("class_weights") == "balanced":
+        return "balanced class weights in the loss (N / (C * n_c)): rare classes weigh more in training"
+    return "none: the predicted class is the most probable one at the training set's class frequencies"
+
+
 def _at_least(value: float | None, low: float, key: str) -> None:
     """`value` (when set) is a finite number >= `low`; else one line naming `key`."""
     if value is not None and not (math.isfinite(value) and value >= low):

@@ -129,6 +129,7 @@ def test_model_card_beside_each_checkpoint_validates(report):
     assert card["uncertainty"]["mc_samples"] == 8
     assert card["calibration"]["label"]["temperature"] > 0
     assert card["referral"]["label"]["reachable"] is True
+    assert card["training"]["imbalance_correction"].startswith("none: the predicted class is the most probable")
 
 
 def test_model_card_without_calibration_and_schema_errors(breast_run):

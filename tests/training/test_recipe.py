@@ -2,13 +2,15 @@
 post hoc), thread count."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import breast_args
 
 from dualfuse.api import train
-from dualfuse.config import ConfigError, parse_run_args
+from dualfuse.config import ConfigError, imbalance_correction, parse_run_args
 from dualfuse.models.heads import output_bias_names, posthoc_logit_offsets
 from dualfuse.models.saved import load_model, load_weights_only
 from dualfuse.training.fit import balanced_class_weights, log_class_priors
@@ -172,6 +174,18 @@ def test_posthoc_logit_adjustment_saves_minus_tau_log_prior_in_the_output_bias(d
         expected = trained[name] + torch.tensor(offsets) if name == bias else trained[name]
         torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6, msg=name)
         assert torch.equal(from_ckpt.state_dict()[name], tensor), name  # a checkpoint predicts as model/ does
+    card = json.loads((tmp_path / "run" / "model" / "metadata.json").read_text())
+    assert card["training"]["imbalance_correction"].startswith("post-hoc logit adjustment (tau = 0.5)")
+
+
+@pytest.mark.parametrize("train, words", [({}, "none: the predicted class is the most probable one"),
+                                          ({"class_weights": "balanced"}, "balanced class weights"),
+                                          ({"logit_adjustment": 1.0}, "logit-adjusted loss (tau = 1)"),
+                                          ({"posthoc_logit_adjustment": 2.0}, "post-hoc logit adjustment (tau = 2)")])
+def test_the_card_and_report_say_how_the_class_is_chosen(train, words):
+    text = imbalance_correction(train)
+    assert text.startswith(words)
+    assert ("equally common" in text) == ("logit" in words)
 
 
 def test_mixup_and_cutmix_train_a_single_image_model(data_root, tmp_path):

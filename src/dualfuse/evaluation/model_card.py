@@ -18,6 +18,7 @@ import jsonschema
 import numpy as np
 import torch
 
+from dualfuse.config import imbalance_correction
 from dualfuse.data.paths import display_path
 from dualfuse.evaluation.predictions import Predictor
 from dualfuse.models.registry import model_class
@@ -181,7 +182,8 @@ def build_model_card(spec: ModelSpec, config: dict, trained: dict | None = None,
         "calibration": _calibration(evaluation),
         "referral": _referral(stored),
         "training": {"epochs_trained": trained.get("epochs_trained"), "train_seconds": trained.get("train_seconds"),
-                     "device": trained.get("device"), "seed": int(config.get("train", {}).get("seed", 0))},
+                     "device": trained.get("device"), "seed": int(config.get("train", {}).get("seed", 0)),
+                     "imbalance_correction": imbalance_correction(config.get("train", {}))},
         "references": _reference(name),
     }
     validate_model_card(card)

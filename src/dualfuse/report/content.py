@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from dualfuse.config import imbalance_correction
 from dualfuse.data.datamodule import ClassificationDataModule
 from dualfuse.data.paths import display_path
 from dualfuse.evaluation.metrics import METRICS
@@ -251,6 +252,7 @@ def build_report(*, spec: ModelSpec, model, members: list, config, data: Classif
                            for name, source in config.data.sources.items())),
         ("training", f"{trained.get('epochs_trained', '?')} epochs, {trained.get('train_seconds', '?')} s on "
                      f"{trained.get('device', '?')}, seed {config.train.seed}"),
+        ("class imbalance", imbalance_correction(vars(config.train))),
         ("uncertainty", predictor.label if predictor.samples or predictor.members > 1
          else "softmax only (no MC dropout, one model)"),
     ]
