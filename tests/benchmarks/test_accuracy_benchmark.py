@@ -2,7 +2,6 @@
 call resumes instead of retraining, and a spent budget starts nothing new."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ def test_tiny_breastmnist_row_records_resumes_and_keeps_to_its_budget(data_root,
             "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
             "--set", "data.max_train_cases=40", "train.epochs=1", "eval.n_bootstrap=50"]
     assert bench.main(argv) == 0
-    (record,) = json.loads(out.read_text())["records"]
+    (record,) = _load("_common").read_json(out, None)["records"]
     assert (record["row"], record["seed"], record["device"], record["mc_samples"]) == ("breastmnist-resnet18", 0, "cpu", 2)
     assert record["source_px"] == {"breastmnist": 28} and record["max_train_cases"] == 40
     assert (record["img_size"], record["epochs_trained"], record["weights"]) == (32, 1, "scratch")
@@ -38,4 +37,4 @@ def test_tiny_breastmnist_row_records_resumes_and_keeps_to_its_budget(data_root,
     printed = capsys.readouterr().out
     assert "breastmnist-resnet18 seed 0: already in" in printed
     assert "budget of 0 s spent; skipping breastmnist-resnet18 seed 1" in printed
-    assert json.loads(out.read_text())["records"] == [record]
+    assert _load("_common").read_json(out, None)["records"] == [record]

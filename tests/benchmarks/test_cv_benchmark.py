@@ -2,7 +2,6 @@
 resumes, and a number measured below a target's resolution is never reported as meeting or missing it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,7 @@ def test_tiny_herlev_row_end_to_end_resumes_and_renders(bench, make_docs, data_r
             "--runs-dir", str(tmp_path / "runs"), "--set", "data.max_train_cases=40", "train.epochs=1",
             "data.img_size=32", "eval.n_bootstrap=100"]
     assert bench.main(argv) == 0
-    (record,) = json.loads(out.read_text())["records"]
+    (record,) = _load("_common").read_json(out, None)["records"]
     assert (record["row"], record["seed"], record["dataset"], record["folds"]) == ("herlev-resnet18", 0, "herlev", 2)
     assert (record["source_px"], record["img_size"], record["weights"], record["epochs"]) == (40, 32, "scratch", 1)
     oof = record["out_of_fold"]
@@ -105,7 +104,7 @@ def test_tiny_herlev_row_end_to_end_resumes_and_renders(bench, make_docs, data_r
     capsys.readouterr()
     assert bench.main(argv) == 0  # resume: same command, nothing retrained
     assert "already in" in capsys.readouterr().out
-    assert json.loads(out.read_text())["records"] == [record]
+    assert _load("_common").read_json(out, None)["records"] == [record]
 
     text = make_docs.render([], [], cv=make_docs.load_cv(out.parent))
     assert "## Cross-validation (out of fold)" in text and "### Herlev pap smear" in text
