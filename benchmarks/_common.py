@@ -91,16 +91,19 @@ def _cases_dir(path: Path) -> Path:
     return path.parent / "cases" / path.stem
 
 
-def _pop_cases(node, trail: tuple = ()) -> dict[str, object]:
-    """Remove every CASE_KEYS value from a record (at any depth), keyed by its "/"-joined key path."""
-    found = {}
-    if isinstance(node, dict):
-        for key in list(node):
-            if key in CASE_KEYS:
-                found["/".join((*trail, key))] = node.pop(key)
-            else:
-                found.update(_pop_cases(node[key], (*trail, key)))
-    return found
+def _split_cases(node, trail: tuple = ()) -> tuple[object, dict[str, object]]:
+    """(`node` without its CASE_KEYS values, at any depth; those values keyed by their "/"-joined key path).
+    New dicts along the way, so the caller's record stays whole and nothing is copied twice."""
+    if not isinstance(node, dict):
+        return node, {}
+    kept, found = {}, {}
+    for key, value in node.items():
+        if key in CASE_KEYS:
+            found["/".join((*trail, key))] = value
+        else:
+            kept[key], inner = _split_cases(value, (*trail, key))
+            found.update(inner)
+    return kept, found
 
 
 def _cases_name(record: dict, text: str) -> str:
@@ -113,8 +116,7 @@ def _cases_name(record: dict, text: str) -> str:
 def _externalise(path: Path, record: dict) -> dict:
     """The record without its per-case predictions, which go to one gzip file under `cases/<stem>/`:
     a new (row, seed) then adds one small file instead of rewriting a results file of megabytes."""
-    record = json.loads(json.dumps(record, default=float))  # a deep copy: the caller's record stays whole
-    cases = _pop_cases(record)
+    record, cases = _split_cases(record)
     if not cases:
         return record
     text = json.dumps(cases, separators=(",", ":"), default=float)
