@@ -16,6 +16,7 @@ import dualfuse
 from dualfuse.models import IMAGE_MAP, DualfuseModel, ModelSpec, PaperReference, Preprocessing
 from dualfuse.models.heads import add_logit_offsets, output_bias_names
 from dualfuse.models.registry import create_model, list_models, model_class
+from dualfuse.models.spec import SpecError
 from dualfuse.models.summary import example_inputs
 
 PX, BATCH = 32, 2
@@ -254,3 +255,16 @@ def test_facade_exports_the_same_registry():
     assert dualfuse.list_models() == list_models()
     assert dualfuse.create_model is create_model
     assert dualfuse.ModelSpec is ModelSpec
+
+
+def test_logit_offsets_round_trip_and_a_bad_entry_names_the_field(tmp_path):
+    data = {**FORMAT_1_DCAT, "format_version": 2, "logit_offsets": {"diagnosis": [0.25, -1]}}
+    spec = ModelSpec.from_dict(data)
+    assert spec.logit_offsets == {"diagnosis": [0.25, -1.0]}
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert "logit_offsets" not in ModelSpec.from_dict(FORMAT_1_DCAT).to_dict()  # only written when there are some
+    path = tmp_path / "model.json"
+    for bad in ({"diagnosis": [0.25]}, {"other": [0, 0]}, {"diagnosis": ["a", 0]}, [1, 2]):
+        path.write_text(json.dumps({**data, "logit_offsets": bad}))
+        with pytest.raises(SpecError, match=r"model\.json: logit_offsets"):
+            ModelSpec.from_json(path)

@@ -3,6 +3,7 @@ post hoc), thread count."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from dualfuse.api import train
 from dualfuse.config import ConfigError, imbalance_correction, parse_run_args
 from dualfuse.models.heads import output_bias_names, posthoc_logit_offsets
 from dualfuse.models.saved import load_model, load_weights_only
-from dualfuse.training.fit import balanced_class_weights, log_class_priors
+from dualfuse.models.transfer import transfer_weights
+from dualfuse.training.fit import balanced_class_weights, log_class_priors, rare_class_warnings
 
 QUICK = ("--train.epochs", "1", "--train.limit_train_batches", "3")
 
@@ -35,6 +37,24 @@ def test_log_class_priors_are_the_training_frequencies_with_absent_classes_kept_
     spec = type("Spec", (), {"tasks": {"label": ["a", "b", "c", "d"]}})()
     priors = log_class_priors(_Data([0] * 6 + [1] * 3 + [2] * 1), spec)["label"]
     assert np.exp(priors) == pytest.approx([0.6, 0.3, 0.1, 0.1])
+
+
+def _train(**settings):
+    return type("Train", (), {"class_weights": None, "logit_adjustment": 0.0, "posthoc_logit_adjustment": 0.0,
+                              **settings})()
+
+
+def test_a_class_too_rare_for_its_correction_is_named_with_its_count_and_effect():
+    spec = type("Spec", (), {"tasks": {"label": ["common", "rare", "absent"]}})()
+    data = _Data([0] * 100 + [1] * 3)
+    assert rare_class_warnings(_train(), data, spec) == []
+    rare, absent = rare_class_warnings(_train(posthoc_logit_adjustment=0.5), data, spec)
+    assert rare.startswith("train.posthoc_logit_adjustment: class 'rare' of task 'label' has only 3 training case(s) "
+                           "of 103; its logit moves by +1.77")  # 0.5 * log(103 / 3)
+    assert "'absent'" in absent and "has no training case of 103; its logit moves by +2.32" in absent  # counted as 1
+    rare, absent = rare_class_warnings(_train(class_weights="balanced"), data, spec)
+    assert "its loss weight is 11.4" in rare and "the model never sees it" in absent  # 103 / (3 * 3)
+    assert rare_class_warnings(_train(logit_adjustment=1.0), _Data([0] * 10 + [1] * 10 + [2] * 10), spec) == []
 
 
 def _loss(weight, smoothing=0.0, log_prior=None, tau=0.0):
@@ -158,22 +178,35 @@ def test_ema_run_saves_and_serves_the_averaged_weights(data_root, tmp_path):
 
 
 def test_posthoc_logit_adjustment_saves_minus_tau_log_prior_in_the_output_bias(data_root, tmp_path):
-    config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK,
+    # 24 training images hold about 7 malignant ones: a warning names that class (under 10 cases).
+    config, _ = parse_run_args(breast_args(data_root, tmp_path / "run", *QUICK, "--data.max_train_cases", "24",
                                            "--train.posthoc_logit_adjustment", "0.5"))
-    summary = train(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(config)
+    rare = [str(w.message) for w in caught if str(w.message).startswith("train.posthoc_logit_adjustment: class")]
     checkpoint = load_weights_only(tmp_path / "run" / "checkpoints" / "best.ckpt")
     log_priors = checkpoint["hyper_parameters"]["log_priors"]["label"]
     assert np.exp(log_priors).sum() == pytest.approx(1.0) and log_priors[0] != log_priors[1]  # frequencies
     offsets = [-0.5 * value for value in log_priors]
+    counts = np.round(np.exp(log_priors) * 24).astype(int)
+    assert counts.min() < 10 <= counts.max() and len(rare) == 1, (rare, counts)
     assert summary["posthoc_logit_offsets"] == {"label": pytest.approx(offsets)}
     trained = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    saved, _ = load_model(tmp_path / "run" / "model")
-    from_ckpt, _ = load_model(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    saved, saved_spec = load_model(tmp_path / "run" / "model")
+    from_ckpt, ckpt_spec = load_model(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert saved_spec.logit_offsets == ckpt_spec.logit_offsets == {"label": pytest.approx(offsets)}  # recorded
     bias = output_bias_names(saved)["label"]
     for name, tensor in saved.state_dict().items():
         expected = trained[name] + torch.tensor(offsets) if name == bias else trained[name]
         torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6, msg=name)
         assert torch.equal(from_ckpt.state_dict()[name], tensor), name  # a checkpoint predicts as model/ does
+    # Fine-tuning from the run (folder or checkpoint) starts from the network as trained, offsets taken off.
+    for source in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "best.ckpt"):
+        model = saved_spec.build()
+        report = transfer_weights(model, saved_spec, source)
+        assert report.unadjusted == [bias] and "offsets_removed" in report.to_dict()
+        torch.testing.assert_close(model.state_dict()[bias], trained[bias], rtol=0, atol=1e-6)
     card = json.loads((tmp_path / "run" / "model" / "metadata.json").read_text())
     assert card["training"]["imbalance_correction"].startswith("post-hoc logit adjustment (tau = 0.5)")
 

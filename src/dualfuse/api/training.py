@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from dualfuse.models.saved import SPEC_NAME, WEIGHTS_NAME, load_weights_only, sa
 from dualfuse.models.saved import load_model as load_saved_model
 from dualfuse.models.spec import ModelSpec, Preprocessing
 from dualfuse.models.transfer import TransferReport, transfer_weights
-from dualfuse.training.fit import check_monitor, fit
+from dualfuse.training.fit import check_monitor, fit, rare_class_warnings
 from dualfuse.training.task import check_recipe
 
 
@@ -164,6 +165,8 @@ def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | N
     transferred, transfer = initial_weights(config, spec)  # a bad init_from also leaves nothing behind
     data.in_chans = spec.preprocessing.in_chans
     data.setup()  # splits are carved (and checked) here, before the run folder is written
+    for line in rare_class_warnings(config.train, data, spec):
+        warnings.warn(line, stacklevel=2)
     if transfer is not None and on_transfer is not None:
         on_transfer(transfer)
     run.prepare()
@@ -192,8 +195,8 @@ def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | N
         is_global_zero = result.is_global_zero
         if result.interrupted:
             return {"interrupted": True, "run_dir": str(run.path)} if result.is_global_zero else None
-        if result.is_global_zero:
-            save_model(model_dir, result.model, spec)
+        if result.is_global_zero:  # the spec records what post-hoc adjustment added to the output biases
+            save_model(model_dir, result.model, dataclasses.replace(spec, logit_offsets=result.logit_offsets or {}))
         if k == 0:
             first = result
     if not is_global_zero:
@@ -202,7 +205,7 @@ def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | N
     if first is not None:
         model, best, epochs = first.model, first.best_checkpoint, first.epochs_trained
     else:  # member 0 had finished before the interruption: its saved weights are the best checkpoint's
-        model = load_saved_model(run.model_dir, expected_model=config.model.name)[0]
+        model, saved_spec = load_saved_model(run.model_dir, expected_model=config.model.name)
         best = run.checkpoints_dir / "best.ckpt"
         best = best if best.is_file() else run.last_checkpoint
         epochs = int(load_weights_only(run.last_checkpoint, map_location="meta").get("epoch", -1)) + 1
@@ -219,8 +222,9 @@ def train(config: RunConfig, resume: bool = False, on_transfer=None) -> dict | N
     }
     if transfer is not None:
         summary["init_from"] = transfer.to_dict()
-    if first is not None and first.logit_offsets:
-        summary["posthoc_logit_offsets"] = first.logit_offsets  # what the output biases got after training
+    offsets = first.logit_offsets if first is not None else saved_spec.logit_offsets
+    if offsets:
+        summary["posthoc_logit_offsets"] = offsets  # what the output biases got after training
     run.write_results(summary, frame)
     run.write_model_card()
     return summary

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -232,6 +233,7 @@ def read_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Te
         for task, offset in offsets.items():
             bias = state_dict[names[task]]
             state_dict[names[task]] = bias + torch.tensor(offset, dtype=bias.dtype)
+        spec = dataclasses.replace(spec, logit_offsets=offsets)
     return spec, state_dict
 
 

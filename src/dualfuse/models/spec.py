@@ -45,6 +45,9 @@ class ModelSpec:
     modalities: list[str] = field(default_factory=list)
     preprocessing: Preprocessing | None = None
     task_modality: dict[str, str] = field(default_factory=dict)
+    # What post-hoc logit adjustment added to each task's output bias. The weights already carry it; it is
+    # recorded so fine-tuning (`model.init_from`) can take it off again and readers can say what was done.
+    logit_offsets: dict[str, list[float]] = field(default_factory=dict)
     dualfuse_version: str = __version__
 
     def modality_of(self, task: str) -> str | None:
@@ -63,6 +66,8 @@ class ModelSpec:
             out["preprocessing"] = dataclasses.asdict(self.preprocessing)
         if self.task_modality:
             out["task_modality"] = dict(self.task_modality)
+        if self.logit_offsets:
+            out["logit_offsets"] = {t: list(o) for t, o in self.logit_offsets.items()}
         out["format_version"] = FORMAT_VERSION
         out["dualfuse_version"] = self.dualfuse_version
         return out
@@ -94,9 +99,16 @@ class ModelSpec:
         if version < 2 and len(tasks) == 1 and isinstance(kwargs.get("num_classes"), int):
             # Format 1 single-task models were built with an int; name the task as the spec does.
             kwargs["num_classes"] = {next(iter(tasks)): kwargs["num_classes"]}
+        offsets = _typed(data.get("logit_offsets", {}), Mapping, where, "logit_offsets")
+        for task, offset in offsets.items():
+            if task not in tasks or not isinstance(offset, list) or len(offset) != len(tasks[task]) \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in offset):
+                raise SpecError(f"{where}: logit_offsets.{task} must be a list of {len(tasks.get(task, []))} numbers "
+                                f"for a task of the spec, got {offset!r:.80}")
         return cls(name=model["name"], kwargs=kwargs, tasks={str(t): list(c) for t, c in tasks.items()},
                    modalities=[str(m) for m in modalities], preprocessing=preprocessing,
                    task_modality=dict(_typed(data.get("task_modality", {}), Mapping, where, "task_modality")),
+                   logit_offsets={str(t): [float(v) for v in o] for t, o in offsets.items()},
                    dualfuse_version=str(data.get("dualfuse_version", "unknown")))
 
     def to_json(self) -> str:

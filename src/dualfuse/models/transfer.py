@@ -6,7 +6,9 @@ Every tensor whose name and shape match is loaded; a convolution that differs on
 of input channels (1 <-> 3: grey scans vs RGB) is adapted (`adapt_channels`); a task
 head is loaded only when the source predicted the same classes for that task (else it keeps its
 fresh initialisation, so a new task never starts from another task's decision boundary);
-everything else is reported as skipped or new, never silently dropped. A `multitask` source (one
+everything else is reported as skipped or new, never silently dropped. A head loaded from a run with
+post-hoc logit adjustment has the offsets its spec records taken off its output bias, so fine-tuning
+starts from the network as it was trained, not from the source's balanced decision. A `multitask` source (one
 trunk pretrained on several datasets) is read as its trunk: its `trunk.` names lose the prefix, so a
 plain model of the same trunk settings loads them, and its task heads are skipped.
 """
@@ -21,7 +23,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from dualfuse.models.heads import HEAD_ATTRIBUTES
+from dualfuse.models.heads import HEAD_ATTRIBUTES, output_bias_names
 from dualfuse.models.multitask import DEFAULT_TRUNK, MULTITASK, as_trunk_weights
 from dualfuse.models.saved import (
     SPEC_NAME,
@@ -45,6 +47,7 @@ class TransferReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)  # input channels adapted (1 <-> 3)
+    unadjusted: list[str] = field(default_factory=list)  # loaded output biases with the source's offsets taken off
     new: dict[str, str] = field(default_factory=dict)  # target tensor -> why it keeps its initialisation
     skipped: dict[str, str] = field(default_factory=dict)  # source tensor -> why it was not used
 
@@ -59,6 +62,9 @@ class TransferReport:
         if self.adapted:
             rows.append({"status": "adapted", "reason": "input channels adapted (1 <-> 3)",
                          "tensors": len(self.adapted), "example": self.adapted[0]})
+        if self.unadjusted:
+            rows.append({"status": "loaded", "reason": "output bias with the source's post-hoc logit offsets taken off",
+                         "tensors": len(self.unadjusted), "example": self.unadjusted[0]})
         for status, entries in (("new", self.new), ("skipped", self.skipped)):
             by_reason: dict[str, list[str]] = {}
             for name, reason in entries.items():
@@ -68,8 +74,11 @@ class TransferReport:
         return rows
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "loaded": len(self.loaded), "adapted": list(self.adapted),
-                "new": dict(self.new), "skipped": dict(self.skipped)}
+        out = {"source": self.source, "loaded": len(self.loaded), "adapted": list(self.adapted),
+               "new": dict(self.new), "skipped": dict(self.skipped)}
+        if self.unadjusted:
+            out["offsets_removed"] = list(self.unadjusted)
+        return out
 
 
 def head_parameter_names(model: nn.Module) -> dict[str, str | None]:
@@ -139,6 +148,24 @@ def _head_reason(task: str | None, source_spec: ModelSpec | None, target_spec: M
     return None
 
 
+def _remove_source_offsets(model: nn.Module, source_spec: ModelSpec | None,
+                           chosen: dict[str, torch.Tensor]) -> list[str]:
+    """Take the source's post-hoc logit offsets (its spec's `logit_offsets`) off every output bias that
+    was loaded; returns the names of those biases. A one-head model reads the source's only task."""
+    if source_spec is None or not source_spec.logit_offsets:
+        return []
+    targets = output_bias_names(model)
+    if len(targets) == 1 and len(source_spec.tasks) == 1:
+        targets = {next(iter(source_spec.tasks)): next(iter(targets.values()))}
+    removed = []
+    for task, offset in source_spec.logit_offsets.items():
+        name = targets.get(task)
+        if name in chosen and chosen[name].numel() == len(offset):
+            chosen[name] = chosen[name] - torch.tensor(offset, dtype=chosen[name].dtype)
+            removed.append(name)
+    return removed
+
+
 def _multitask_trunk(source: dict[str, torch.Tensor], source_spec: ModelSpec | None,
                      spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A `multitask` source as seen by a plain model: `(its trunk under the plain model's names,
@@ -187,5 +214,6 @@ def transfer_weights(model: nn.Module, spec: ModelSpec, path: str | os.PathLike)
                  f"{source_spec.kwargs.get('trunk_kwargs', {})}") if source_heads else ""
         raise CheckpointError(f"model.init_from: no tensor of {path} fits model {spec.name!r} (names or shapes "
                               f"differ, e.g. {next(iter(source), 'none')!r}){trunk}; nothing was loaded")
+    report.unadjusted = _remove_source_offsets(model, source_spec, chosen)
     model.load_state_dict(chosen, strict=False)
     return report

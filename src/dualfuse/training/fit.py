@@ -101,6 +101,36 @@ def log_class_priors(data: pl.LightningDataModule, spec: ModelSpec) -> dict[str,
             for task, counts in _train_class_counts(data, spec).items()}
 
 
+RARE_CLASS_CASES = 10  # below this many training cases a class's frequency is too rough to correct by
+
+
+def rare_class_warnings(train, data: pl.LightningDataModule, spec: ModelSpec) -> list[str]:
+    """One line per class that an imbalance correction leans on with fewer than `RARE_CLASS_CASES`
+    training cases: its weight or logit offset is then set by a handful of images (or by none)."""
+    setting = next(((key, value) for key, value in (("class_weights", train.class_weights),
+                                                     ("logit_adjustment", train.logit_adjustment),
+                                                     ("posthoc_logit_adjustment", train.posthoc_logit_adjustment))
+                    if value), None)
+    if setting is None:
+        return []
+    key, value = setting
+    lines = []
+    for task, counts in _train_class_counts(data, spec).items():
+        total = counts.sum()
+        for name, count in zip(spec.tasks[task], counts):
+            if count >= RARE_CLASS_CASES:
+                continue
+            if key == "class_weights":
+                effect = (f"its loss weight is {total / (len(counts) * count):.3g}" if count
+                          else "the model never sees it")
+            else:
+                effect = f"its logit moves by {value * np.log(total / max(count, 1.0)):+.2f}"
+            seen = "no training case" if count == 0 else f"only {int(count)} training case(s)"
+            lines.append(f"train.{key}: class {name!r} of task {task!r} has {seen} of {int(total)}; {effect}, "
+                         "set by so few images that its predictions deserve little trust")
+    return lines
+
+
 def fit(config: RunConfig, spec: ModelSpec, data: pl.LightningDataModule, run_dir: Path, resume: bool,
         files_before: dict[str, bytes] | None = None, initial_weights: dict | None = None) -> FitResult:
     """Train `spec` on `data` into `run_dir` (checkpoints/, logs/); on rank zero, first write
