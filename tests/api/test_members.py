@@ -20,7 +20,7 @@ def _args(data_root: Path, output: Path, *extra: str) -> list[str]:
     return breast_args(data_root, output, "--model.name", "timm_classifier",
                        "--model.kwargs", json.dumps({"backbone": "resnet18", "in_chans": 1}),
                        "--data.max_train_cases", "64", "--train.epochs", "2", "--eval.n_bootstrap", "20",
-                       "--train.members", "2", *extra)
+                       "--train.members", "2", "--train.posthoc_logit_adjustment", "1.0", *extra)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -51,6 +51,7 @@ def test_members_are_written_as_model_folders(two_members):
     first, second = _weights(output / "model"), _weights(output / "members" / "1")
     assert first.keys() == second.keys() and not all(torch.equal(first[k], second[k]) for k in first)
     assert (output / "members" / "1" / "model.json").read_text() == (output / "model" / "model.json").read_text()
+    assert json.loads((output / "model" / "model.json").read_text())["logit_offsets"] == summary["posthoc_logit_offsets"]
     checkpoint = torch.load(output / "members" / "1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["train"]["seed"] == 1
     assert len(load_model(output).members) == 2
@@ -96,12 +97,16 @@ def test_resume_continues_the_interrupted_member_and_skips_finished_ones(two_mem
     assert not stale.exists()
     assert resumed["tasks"] == expected["tasks"] and resumed["epochs_trained"] == expected["epochs_trained"]
     assert resumed["members"] == 2
+    # Member 0 was not retrained: its post-hoc offsets come from its model.json, as the first run wrote them.
+    assert resumed["posthoc_logit_offsets"] == expected["posthoc_logit_offsets"] and expected["posthoc_logit_offsets"]
     for folder in ("model", "members/1"):  # the same weights as the uninterrupted run
         got, want = _weights(run / folder), _weights(expected_dir / folder)
         assert all(torch.equal(got[k], want[k]) for k in want), folder
 
     fitted.clear()  # a finished run resumes without training anything
-    assert train(config, resume=True)["tasks"] == expected["tasks"] and fitted == []
+    again = train(config, resume=True)
+    assert again["tasks"] == expected["tasks"] and fitted == []
+    assert again["posthoc_logit_offsets"] == expected["posthoc_logit_offsets"]
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
