@@ -205,7 +205,9 @@ def test_posthoc_logit_adjustment_saves_minus_tau_log_prior_in_the_output_bias(d
     for source in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "best.ckpt"):
         model = saved_spec.build()
         report = transfer_weights(model, saved_spec, source)
-        assert report.unadjusted == [bias] and "offsets_removed" in report.to_dict()
+        assert report.unadjusted == [bias] and report.to_dict()["offsets_removed"] == [bias]
+        assert {"status": "loaded", "reason": "output bias with the source's post-hoc logit offsets taken off",
+                "tensors": 1, "example": bias} in report.rows()  # the table `train` prints
         torch.testing.assert_close(model.state_dict()[bias], trained[bias], rtol=0, atol=1e-6)
     card = json.loads((tmp_path / "run" / "model" / "metadata.json").read_text())
     assert card["training"]["imbalance_correction"].startswith("post-hoc logit adjustment (tau = 0.5)")
