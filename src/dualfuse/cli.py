@@ -50,6 +50,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _guarantee(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1) (0: no guarantee), got {text}")
+    return value
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -196,7 +203,7 @@ def _print_uncertainty(summary: dict) -> None:
     first = next(iter(summary["uncertainty"].values()))
     table = Table(title=f"uncertainty: {first['predictor_label']}, calibrated on the {summary['calibration_split']} split")
     for column in ("task", "split", "ECE softmax", "ECE (its T)", "ECE predictor (its T)", "NLL", "AURC", "referred",
-                   "acc. kept", "conformal cov. [95% CI] / size"):
+                   "acc. kept [95% CI]", "conformal cov. [95% CI] / size"):
         table.add_column(column, justify="left" if column in ("task", "split") else "right")
     for task, report in summary["uncertainty"].items():
         for split, calibration in report["calibration"].items():
@@ -207,7 +214,8 @@ def _print_uncertainty(summary: dict) -> None:
                 task, split, f"{calibration['softmax']['ece']:.3f}", f"{calibration['softmax_temperature']['ece']:.3f}",
                 f"{calibration['predictor_temperature']['ece']:.3f}", f"{calibration['predictor_temperature']['nll']:.3f}",
                 f"{report['selective'][split]['aurc']:.3f}", f"{1 - referral['coverage']:.1%}",
-                "-" if kept is None else f"{kept:.3f}",
+                "-" if kept is None else f"{kept:.3f} [{referral['accuracy_of_accepted_ci'][0]:.3f}, "
+                                         f"{referral['accuracy_of_accepted_ci'][1]:.3f}]",
                 f"{conformal['coverage']:.3f} [{conformal['coverage_ci_low']:.3f}, {conformal['coverage_ci_high']:.3f}]"
                 f" / {conformal['mean_set_size']:.2f}" if conformal else "",
             )
@@ -241,7 +249,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate(args.checkpoint, config=config, splits=args.split, output=args.output,
                        mc_samples=args.mc_samples, ensemble=args.ensemble, target_accuracy=args.target_accuracy,
                        target_coverage=args.target_coverage, alpha=args.alpha, ood=args.ood, tta=args.tta,
-                       partners=args.partners, calibrate=args.calibrate)
+                       partners=args.partners, calibrate=args.calibrate,
+                       guarantee=args.guarantee or None)
     _print_metrics(summary, f"{summary['model']}: {summary['checkpoint']}")
     if "uncertainty" in summary:
         _print_uncertainty(summary)
@@ -342,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = evaluate.add_mutually_exclusive_group()
     target.add_argument("--target-accuracy", type=float, help="choose the referral threshold for this accuracy")
     target.add_argument("--target-coverage", type=float, help="... or for this coverage (default 0.9)")
+    evaluate.add_argument("--guarantee", type=_guarantee, default=0.95, metavar="P",  # selective.DEFAULT_GUARANTEE
+                          help="with --target-accuracy: the probability that the accepted cases meet it (default "
+                          "%(default)s, selection with guaranteed risk; 0: read it off the calibration cases)")
     evaluate.add_argument("--tta", type=_positive, default=1, metavar="A",
                           help="test-time augmentation views per case (default 1: none); small shifts, flips only "
                           "where training used them")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import breast_args
 
 from dualfuse.api import evaluate, predict, train
@@ -25,3 +26,15 @@ def test_calibrated_softmax_is_stored_and_used_by_predict(data_root, tmp_path, c
     assert {"label_refer", "label_set"} <= set(frame.columns) and "label_mutual_information" not in frame
     metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     assert metrics["predictor"] == "1x0" and metrics["mc_samples"] == 0
+    # A 99% target cannot be certified from a barely trained model's calibration cases: every case is
+    # referred and the CLI says why in one line.
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--calibrate", "--target-accuracy", "0.99",
+                 "--output", str(tmp_path / "strict")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "no referral threshold reaches 0.99 accuracy with 95% probability on the" in printed
+    stored = json.loads((tmp_path / "run" / "model" / "uncertainty.json").read_text())
+    assert stored["predictors"]["1x0"]["label"]["referral"]["guarantee"] == 0.95
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "run"), "--target-accuracy", "0.9", "--guarantee", "1.5"])
+    assert "--guarantee: must be a probability in [0, 1)" in capsys.readouterr().err

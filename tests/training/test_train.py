@@ -256,11 +256,22 @@ def test_referral_threshold_meets_its_target_on_the_calibration_split(calibrated
     strict = evaluate(copy_run(output, tmp_path / "run"), output=tmp_path / "strict", mc_samples=10,
                       target_accuracy=0.9)
     by_accuracy = strict["uncertainty"]["label"]["referral"]
+    assert by_accuracy["guarantee"] == 0.95  # certified by default (selection with guaranteed risk)
     if by_accuracy["reachable"]:
         low = by_accuracy[cal]["referred_low_confidence"]
-        assert low < 1
+        assert low < 1 and by_accuracy["accuracy_lower_bound"] >= 0.9
     else:
         assert by_accuracy[cal]["referred_low_confidence"] == 1.0
+        assert any(w.startswith("no referral threshold reaches 0.90 accuracy with 95% probability on the")
+                   for w in strict["uncertainty"]["label"]["warnings"])
+    # Read off the calibration cases instead: never refers more than the certified threshold.
+    plain = evaluate(copy_run(output, tmp_path / "plain_run"), output=tmp_path / "plain", mc_samples=10,
+                     target_accuracy=0.9, guarantee=None)["uncertainty"]["label"]["referral"]
+    assert plain.get("guarantee") is None and plain["threshold"] <= by_accuracy["threshold"]
+    decided = plain["test"]
+    if decided["n_accepted"]:  # the test cases it decides, with an exact 95% CI
+        low, high = decided["accuracy_of_accepted_ci"]
+        assert low <= decided["accuracy_of_accepted"] <= high
 
 
 def test_selective_and_ood_sections(calibrated):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dualfuse.uncertainty import accuracy_at_coverage, aurc, choose_referral_threshold, refer, risk_coverage_curve
+from dualfuse.uncertainty.selective import accuracy_lower_bound
 
 # Sorted by confidence: right, right, wrong, right, wrong.
 CONF = np.array([0.6, 0.95, 0.7, 0.9, 0.8])
@@ -82,7 +83,55 @@ def test_referral_threshold_reaches_target_on_random_data():
         assert accepted.mean() == pytest.approx(chosen["coverage"])
 
 
+def test_accuracy_lower_bound_is_clopper_pearson():
+    # n of n right: the bound solves p^n = 1 - level (59 right of 59 is the smallest n certifying .95 at 95%).
+    assert accuracy_lower_bound(59, 59, 0.95) == pytest.approx(0.05 ** (1 / 59))
+    assert accuracy_lower_bound(58, 58, 0.95) < 0.95 <= accuracy_lower_bound(59, 59, 0.95)
+    assert accuracy_lower_bound(0, 0, 0.95) == 0.0 and accuracy_lower_bound(0, 10, 0.95) == 0.0
+    assert accuracy_lower_bound(90, 100, 0.95) < accuracy_lower_bound(90, 100, 0.5) < 0.9
+
+
+def test_guaranteed_threshold_certifies_what_it_accepts_and_refers_more():
+    # 600 most confident cases all right, the next 400 right half the time.
+    conf = np.linspace(1, 0.5, 1000)
+    correct = np.r_[np.ones(600, bool), np.arange(400) % 2 == 0]
+    plain = choose_referral_threshold(conf, correct, target_accuracy=0.95)
+    safe = choose_referral_threshold(conf, correct, target_accuracy=0.95, guarantee=0.95)
+    assert plain["reachable"] and safe["reachable"] and safe["coverage"] < plain["coverage"]
+    k = safe["n_accepted"]
+    level = 1 - 0.05 / safe["tests"]
+    assert safe["tests"] == 10 and safe["accuracy_lower_bound"] >= 0.95  # ceil(log2(1001)) tests
+    assert safe["accuracy_lower_bound"] == pytest.approx(accuracy_lower_bound(int(correct[:k].sum()), k, level))
+    # One more case (the next operating point) would not be certified... or the search stopped before it.
+    assert accuracy_lower_bound(int(correct[:k + 1].sum()), k + 1, level) < 0.95 or safe["coverage"] < 0.7
+    json.dumps(safe)
+
+
+def test_too_few_calibration_cases_refer_everything_rather_than_promise():
+    conf, correct = np.linspace(1, 0.5, 30), np.ones(30, bool)  # 30 of 30 right
+    assert choose_referral_threshold(conf, correct, target_accuracy=0.95)["coverage"] == 1.0
+    safe = choose_referral_threshold(conf, correct, target_accuracy=0.95, guarantee=0.95)
+    assert not safe["reachable"] and safe["threshold"] == math.inf and safe["accuracy_lower_bound"] is None
+
+
+def test_the_guarantee_holds_over_calibration_draws_where_the_plain_rule_does_not():
+    """Confidence c ~ U(0.5, 1) and P(right | c) = c: the cases above a threshold t are (1 + t) / 2
+    accurate, so a threshold for 90% accuracy fails exactly when t < 0.8. Over 300 calibration sets of
+    200 cases the plain rule fails about half the time; the guaranteed one in at most 5%."""
+    rng = np.random.default_rng(0)
+    failures = {"plain": 0, "safe": 0}
+    for _ in range(300):
+        conf = rng.uniform(0.5, 1, 200)
+        correct = rng.random(200) < conf
+        for rule, guarantee in (("plain", None), ("safe", 0.95)):
+            chosen = choose_referral_threshold(conf, correct, target_accuracy=0.9, guarantee=guarantee)
+            failures[rule] += chosen["reachable"] and chosen["threshold"] < 0.8
+    assert failures["plain"] > 90 and failures["safe"] <= 15, failures
+
+
 @pytest.mark.parametrize("call, match", [
+    (lambda: choose_referral_threshold(CONF, CORRECT, target_coverage=0.9, guarantee=0.95), "guarantee"),
+    (lambda: choose_referral_threshold(CONF, CORRECT, target_accuracy=0.9, guarantee=1.0), "guarantee"),
     (lambda: choose_referral_threshold(CONF, CORRECT), "exactly one"),
     (lambda: choose_referral_threshold(CONF, CORRECT, 0.9, 0.9), "exactly one"),
     (lambda: choose_referral_threshold(CONF, CORRECT, target_accuracy=1.5), "target_accuracy"),

@@ -103,9 +103,10 @@ def calibration_split(data) -> tuple[str, str | None]:
 
 
 def fit_calibrations(cal: Predictions, spec: ModelSpec, predictors: list[Predictor], target_accuracy: float | None,
-                     target_coverage: float | None, alpha: float) -> dict[str, dict[str, dict]]:
+                     target_coverage: float | None, alpha: float,
+                     guarantee: float | None = None) -> dict[str, dict[str, dict]]:
     """`{predictor key: {task: calibration}}`: each predictor calibrated on its own samples."""
     return {predictor.key: {task: calibrate(cal.for_task(task, spec.modality_of(task)), task, predictor,
-                                            target_accuracy, target_coverage, alpha)
+                                            target_accuracy, target_coverage, alpha, guarantee)
                             for task in spec.tasks}
             for predictor in predictors}

@@ -30,6 +30,7 @@ from dualfuse.evaluation.predictions import Predictions, Predictor, cases_frame,
 from dualfuse.evaluation.summary import has_patient_ids, split_metrics
 from dualfuse.evaluation.uncertainty_report import compare_predictors, predictors_of, task_report
 from dualfuse.models.spec import ModelSpec
+from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE
 from dualfuse.uncertainty.tta import TTAConfig
 
 
@@ -64,11 +65,17 @@ def evaluate_datamodule(models: list, spec: ModelSpec, data: ClassificationDataM
 def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: list[str] | None = None,
              output: str | Path | None = None, mc_samples: int = 0, ensemble: list[str] | None = None,
              target_accuracy: float | None = None, target_coverage: float | None = None, alpha: float = 0.1,
-             ood: str | None = None, tta: int = 1, partners: int | None = None, calibrate: bool = False) -> dict:
+             ood: str | None = None, tta: int = 1, partners: int | None = None, calibrate: bool = False,
+             guarantee: float | None = DEFAULT_GUARANTEE) -> dict:
     """Evaluate a saved model on its run's splits (or the data of `config`), with confidence intervals.
 
     `tta` A > 1 adds test-time augmentation views (small shifts; flips only where the training
     augmentation used them, because laterality can matter).
+
+    `target_accuracy` picks the referral threshold whose accepted cases are at least that accurate
+    with probability `guarantee` (default 0.95; selection with guaranteed risk on the calibration
+    split, so a small split refers more rather than promise what it cannot); `guarantee=None` reads the
+    threshold off the calibration cases' own accuracy instead.
 
     `partners` K (zip-mode models only; default `DEFAULT_PARTNERS`): each case is predicted beside K
     partner images per other modality from the training split and averaged over them; 0 keeps each
@@ -118,7 +125,8 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
                                              tta=tta_config)
         predictors = predictors_of(raw[cal_split])
         used = raw[cal_split].drawn
-        calibrations = fit_calibrations(raw[cal_split], spec, predictors, target_accuracy, target_coverage, alpha)
+        calibrations = fit_calibrations(raw[cal_split], spec, predictors, target_accuracy, target_coverage, alpha,
+                                        guarantee)
         uncertainty = {}
         softmax_key = Predictor(partners=1 if partners else 0).key  # the first member's softmax (first partner)
         for task in spec.tasks:

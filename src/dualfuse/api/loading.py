@@ -119,7 +119,7 @@ class LoadedModel:
                              mc_samples=predictor.samples, seed=self.seed, tta=self.tta_config(predictor))
         referral = next(iter(self.calibration.predictors[self.calibration.default].values()))["referral"]
         fitted = fit_calibrations(cal, self.spec, [predictor], referral.get("target_accuracy"),
-                                  referral.get("target_coverage"), alpha)
+                                  referral.get("target_coverage"), alpha, referral.get("guarantee"))
         self.calibration.predictors.update(fitted)
         self.calibration.write(calibration_path(self.path))
         return fitted[predictor.key]

@@ -135,7 +135,8 @@ def _referral(stored: dict | None) -> dict | None:
                    "confidence": entry["referral"].get("confidence", "max_prob"),
                    "target_accuracy": entry["referral"].get("target_accuracy"),
                    "target_coverage": entry["referral"].get("target_coverage"),
-                   "reachable": bool(entry["referral"].get("reachable", True))}
+                   "reachable": bool(entry["referral"].get("reachable", True)),
+                   "guarantee": entry["referral"].get("guarantee")}
             for task, entry in tasks.items()}
 
 

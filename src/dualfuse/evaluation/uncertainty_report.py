@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, refer_flags, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
-from dualfuse.uncertainty.conformal import conformal_report, conformal_threshold
+from dualfuse.uncertainty.conformal import binomial_ci, conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.ood import ood_report
 from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold
@@ -39,17 +39,18 @@ def predictors_of(predictions: Predictions) -> list[Predictor]:
 
 
 def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy: float | None = None,
-              target_coverage: float | None = None, alpha: float = 0.1) -> dict:
+              target_coverage: float | None = None, alpha: float = 0.1, guarantee: float | None = None) -> dict:
     """What `predict` needs for one task and predictor, all chosen on the calibration split: the
-    predictor's temperature, a referral threshold on its calibrated top-class probability, and
-    conformal thresholds."""
+    predictor's temperature, a referral threshold on its calibrated top-class probability (for a target
+    accuracy, certified with probability `guarantee` when given), and conformal thresholds."""
     y = cal.labels[task]
     temperature = fit_temperature(cal.predictor_logits(task, predictor), y)
     probs = cal.using(predictor, {task: temperature}).probs(task)
     if target_accuracy is None and target_coverage is None:
         target_coverage = 0.9
     referral = choose_referral_threshold(probs.max(axis=1), probs.argmax(axis=1) == y,
-                                         target_accuracy=target_accuracy, target_coverage=target_coverage)
+                                         target_accuracy=target_accuracy, target_coverage=target_coverage,
+                                         guarantee=guarantee if target_accuracy is not None else None)
     return {
         "predictor": predictor.key,
         "temperature": temperature,
@@ -97,11 +98,14 @@ def _referral(probs: np.ndarray, y: np.ndarray, stored: dict) -> dict:
     referred = refer_flags(probs, stored)
     low = probs.max(axis=1) < stored["referral"]["threshold"]
     accepted = ~referred
+    right = int((probs.argmax(axis=1) == y)[accepted].sum())
     return {
         "coverage": float(accepted.mean()),
         "referred_low_confidence": float(low.mean()),
         "referred_conformal_set": float((referred & ~low).mean()),
-        "accuracy_of_accepted": float((probs.argmax(axis=1) == y)[accepted].mean()) if accepted.any() else None,
+        "n_accepted": int(accepted.sum()),
+        "accuracy_of_accepted": float(right / accepted.sum()) if accepted.any() else None,
+        "accuracy_of_accepted_ci": list(binomial_ci(right, int(accepted.sum()))) if accepted.any() else None,
     }
 
 
@@ -139,7 +143,8 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
     report: dict = {"predictor": stored["predictor"], "predictor_label": predictor.label,
                     "temperature": stored["temperature"], "calibration_split": cal_split, "calibration": {},
                     "selective": {}, "measures": {}, "referral": {"threshold": stored["referral"]["threshold"],
-                    **{k: stored["referral"][k] for k in ("target_accuracy", "target_coverage", "reachable")}},
+                    **{k: stored["referral"].get(k) for k in ("target_accuracy", "target_coverage", "reachable",
+                                                              "guarantee", "accuracy_lower_bound")}},
                     "warnings": []}
     for split, predictions in splits.items():
         if task not in predictions.labels:
@@ -150,7 +155,21 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
         report["selective"][split] = _selective(probs, y)
         report["measures"][split] = _measure_summary(view, task)
         report["referral"][split] = _referral(probs, y, stored)
+    referral = stored["referral"]
+    if referral.get("target_accuracy") and not referral.get("reachable", True):
+        sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
+        report["warnings"].append(
+            f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {referral['n']} "
+            f"{cal_split} cases, so every case is referred: lower the target accuracy"
+            f"{' or --guarantee' if sure else ''}, or calibrate on more cases")
     test = "test" if "test" in splits and task in splits["test"].labels else None
+    target, decided = stored["referral"].get("target_accuracy"), report["referral"].get(test or "", {})
+    if target and decided.get("accuracy_of_accepted_ci") and decided["accuracy_of_accepted_ci"][1] < target:
+        low, high = decided["accuracy_of_accepted_ci"]
+        report["warnings"].append(
+            f"the {decided['n_accepted']} test cases the model decided are {decided['accuracy_of_accepted']:.3f} "
+            f"[{low:.3f}, {high:.3f}] accurate, below the {target:.2f} the referral threshold was chosen for on "
+            f"{cal_split}: those data and test differ, so fewer decisions deserve trust than promised")
     if cal_split in splits and test:
         cal, checked = (p.using(predictor, {task: stored["temperature"]}) for p in (splits[cal_split], splits[test]))
         report["conformal"] = {

@@ -11,6 +11,14 @@ threshold, so the curve only has the points at the end of each run of ties; with
 k = 1..N. AURC is the area under the risk-coverage step curve, sum over points of risk x (coverage
 step), which without ties is the usual mean over k of the risk of the k most confident (Geifman et
 al. 2019). Lower is better.
+
+A referral threshold for a target accuracy read off the calibration cases' own accuracy is too
+optimistic on small data: it is picked where those few cases happened to do well. With a
+``guarantee`` it is chosen by selection with guaranteed risk (SGR, Geifman & El-Yaniv 2017): a
+binary search over the operating points that accepts one only when the one-sided Clopper-Pearson
+lower bound of its accuracy reaches the target, each test at level (1 - guarantee) / (number of
+tests), so with probability at least ``guarantee`` over the calibration draw, the accepted cases of
+data like it are at least that accurate.
 """
 from __future__ import annotations
 
@@ -19,10 +27,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
 
 from dualfuse.validation import check_scores, to_numpy
 
-__all__ = ["accuracy_at_coverage", "aurc", "choose_referral_threshold", "refer",
+DEFAULT_GUARANTEE = 0.95
+"""How sure `evaluate --target-accuracy` is that the accepted cases meet the target (SGR)."""
+
+__all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "choose_referral_threshold", "refer",
            "risk_coverage_curve"]
 
 
@@ -61,19 +73,46 @@ def aurc(confidence: Any, correct: Any) -> float:
     return float((errors / accepted * steps).sum() / len(conf))
 
 
+def accuracy_lower_bound(correct: int, n: int, level: float) -> float:
+    """One-sided Clopper-Pearson lower bound on an accuracy seen as ``correct`` of ``n``: the true
+    accuracy is at least this with probability ``level`` (0 when ``n`` is 0)."""
+    if n == 0 or correct == 0:
+        return 0.0
+    return float(beta.ppf(1 - level, correct, n - correct + 1))
+
+
+def _guaranteed_pick(accepted: np.ndarray, errors: np.ndarray, target: float, guarantee: float) -> tuple[int | None, float, int]:
+    """SGR: the operating point with the largest coverage a binary search certifies, its accuracy's lower
+    bound, and the number of tests (each at level 1 - (1 - guarantee) / tests)."""
+    tests = max(1, math.ceil(math.log2(len(accepted) + 1)))
+    level = 1 - (1 - guarantee) / tests
+    low, high, bound = -1, len(accepted), 0.0  # points <= low are certified, points >= high are not
+    while high - low > 1:
+        middle = (low + high) // 2
+        k = int(accepted[middle])
+        lower = accuracy_lower_bound(k - int(errors[middle]), k, level)
+        if lower >= target:
+            low, bound = middle, lower
+        else:
+            high = middle
+    return (None if low < 0 else low), bound, tests
+
+
 def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: float | None = None,
-                              target_coverage: float | None = None) -> dict[str, Any]:
-    """The confidence threshold meeting exactly one target on this (validation) data.
+                              target_coverage: float | None = None, guarantee: float | None = None) -> dict[str, Any]:
+    """The confidence threshold meeting exactly one target on this (calibration) data.
 
     With ``target_accuracy`` the lowest threshold, i.e. the largest coverage, whose accepted set
-    (confidence >= threshold) is at least that accurate; when none is, ``reachable`` is False,
-    ``threshold`` is +inf (refer every case), ``coverage`` 0 and ``accuracy`` None. With
-    ``target_coverage`` the highest threshold accepting at least that fraction of the cases (more
-    only where ties force it).
+    (confidence >= threshold) is at least that accurate here; with ``guarantee`` (e.g. 0.95) the
+    largest coverage SGR certifies instead: the accepted set's accuracy lower bound reaches the
+    target (module docstring). When none qualifies, ``reachable`` is False, ``threshold`` is +inf
+    (refer every case), ``coverage`` 0 and ``accuracy`` None. With ``target_coverage`` the highest
+    threshold accepting at least that fraction of the cases (more only where ties force it).
 
     Returns a JSON-serialisable dict: ``threshold``, ``coverage``, ``accuracy``, ``n_accepted``,
-    ``n``, ``reachable``, ``target_accuracy`` and ``target_coverage``. Note that +inf is written
-    as ``Infinity`` by :func:`json.dumps`.
+    ``n``, ``reachable``, ``target_accuracy``, ``target_coverage`` and, with a guarantee,
+    ``guarantee`` and ``accuracy_lower_bound``. Note that +inf is written as ``Infinity`` by
+    :func:`json.dumps`.
     """
     if (target_accuracy is None) == (target_coverage is None):
         raise ValueError("give exactly one of target_accuracy and target_coverage")
@@ -81,18 +120,26 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
     name = "target_accuracy" if target_coverage is None else "target_coverage"
     if isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or not 0 < target <= 1:
         raise ValueError(f"{name} must be a number in (0, 1], got {target!r}")
+    if guarantee is not None and (target_accuracy is None or isinstance(guarantee, bool)
+                                  or not isinstance(guarantee, (int, float, np.number)) or not 0 < guarantee < 1):
+        raise ValueError(f"guarantee must be a probability in (0, 1) and goes with target_accuracy, got {guarantee!r}")
     conf, ok = _check_inputs(confidence, correct)
     n = len(conf)
     accepted, errors, thresholds = _operating_points(conf, ok)
     slack = 1e-9 * accepted
-    if target_accuracy is not None:
+    extra: dict[str, Any] = {}
+    if target_accuracy is not None and guarantee is not None:
+        pick, bound, tests = _guaranteed_pick(accepted, errors, target_accuracy, guarantee)
+        extra = {"guarantee": float(guarantee), "accuracy_lower_bound": bound if pick is not None else None,
+                 "tests": tests}
+    elif target_accuracy is not None:
         feasible = np.flatnonzero(errors <= (1 - target_accuracy) * accepted + slack)
         pick = feasible[-1] if len(feasible) else None
     else:
         pick = np.flatnonzero(accepted >= target_coverage * n - 1e-9)[0]
     result: dict[str, Any] = {"threshold": math.inf, "coverage": 0.0, "accuracy": None,
                               "n_accepted": 0, "n": int(n), "reachable": pick is not None,
-                              "target_accuracy": target_accuracy, "target_coverage": target_coverage}
+                              "target_accuracy": target_accuracy, "target_coverage": target_coverage, **extra}
     if pick is not None:
         k = int(accepted[pick])
         result.update(threshold=float(thresholds[pick]), coverage=k / n,
