@@ -676,6 +676,39 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def load_referral(results: Path) -> list[dict]:
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("referral_*.json"))]
+
+
+def referral_section(runs: list[dict]) -> list[str]:
+    """How often a referral threshold for a target accuracy breaks its promise, read off the calibration
+    cases (plain) or certified (guaranteed), on random calibration splits of stored predictions."""
+    lines = ["## Referral thresholds for a target accuracy", "",
+             "`benchmarks/referral.py`: the per-case predictions stored above (test splits and out-of-fold cases; "
+             "every model, seed and dataset) are split at random many times into a calibration part of n cases and a "
+             "held-out rest. Each rule picks the confidence threshold for the target on the calibration part "
+             "(`evaluate --target-accuracy`); the held-out cases above it show how accurate the decided cases really "
+             "are. *Failure*: those cases are less accurate than the target (referring every case cannot fail). "
+             "*Plain*: the calibration cases' own accuracy (dualfuse's rule before the guarantee; `--guarantee 0`). "
+             "*Guaranteed*: selection with guaranteed risk at 95% (the default). Coverage: the held-out fraction "
+             "decided; best possible: the largest held-out coverage at the target (an oracle, not a rule). Decided "
+             "accuracy: median and 5th percentile over the draws that decided any case. Confidence: the stored "
+             "top-class probability (no temperature).", "",
+             "| target | calibration cases | rule | case sets (draws) | failure rate | refers every case | coverage | "
+             "best possible | decided accuracy: median / 5th pct |",
+             "|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for run in runs:
+        for row in run.get("rows", []):
+            decided = ("–" if row.get("accuracy_median") is None
+                       else f"{row['accuracy_median']:.3f} / {row['accuracy_p05']:.3f}")
+            lines.append(f"| {row['target']:.2f} | {row['n_cal']} | {row['rule']} | {row['case_sets']} ({row['draws']}) "
+                         f"| {row['failure_rate']:.1%} | {row['referred_all_rate']:.1%} | {row['mean_coverage']:.3f} "
+                         f"| {row['mean_best_coverage']:.3f} | {decided} |")
+        lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/referral.py')}` — "
+                  f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s.", ""]
+    return lines
+
+
 def load_pretrain(results: Path) -> list[dict]:
     return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("pretrain_*.json"))]
 
@@ -907,7 +940,8 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
 
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
            uncertainty: list[dict] | None = None, pairs: dict[str, dict[str, str]] | None = None,
-           pretrain: list[dict] | None = None, cv: list[dict] | None = None) -> str:
+           pretrain: list[dict] | None = None, cv: list[dict] | None = None,
+           referral: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -929,6 +963,8 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
         lines += serving_section(serving)
     if uncertainty:
         lines += uncertainty_section(uncertainty)
+    if referral:
+        lines += referral_section(referral)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -946,7 +982,7 @@ def main(argv=None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(records, speeds, serving, uncertainty, pretrain=load_pretrain(args.results),
-                                cv=load_cv(args.results)))
+                                cv=load_cv(args.results), referral=load_referral(args.results)))
     print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 

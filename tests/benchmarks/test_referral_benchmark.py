@@ -1,0 +1,72 @@
+"""The referral benchmark: random calibration splits of stored predictions, and its docs section.
+
+No training: the stored predictions are synthetic with a known answer. Confidence c ~ U(0.5, 1) and
+P(right | c) = c, so the cases above a threshold t are (1 + t) / 2 accurate.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.benchmarks.test_make_docs import _load
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("referral")
+
+
+def _per_case(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.5, 1, n)
+    label = (rng.random(n) >= confidence).astype(int)  # the predicted class (0) is right with probability c
+    return {"case_id": [f"c{i}" for i in range(n)], "label": label.tolist(),
+            "probs": np.stack([confidence, 1 - confidence], axis=1).tolist()}
+
+
+def _write_results(folder: Path) -> None:
+    folder.mkdir()
+    accuracy = {"records": [{"row": "toy-dcat", "seed": seed, "device": "cpu",
+                             "tasks": {"label": {"dataset": "toy", "per_case": _per_case(600, seed)}}}
+                            for seed in (0, 1)]}
+    cv = {"records": [{"row": "toy-cv", "seed": 0, "device": "cpu", "dataset": "toy", "per_case": _per_case(400, 7)}]}
+    (folder / "accuracy_cpu.json").write_text(json.dumps(accuracy))
+    (folder / "cv_cpu.json").write_text(json.dumps(cv))
+
+
+def test_plain_thresholds_break_their_promise_and_guaranteed_ones_do_not(bench, tmp_path, capsys):
+    _write_results(tmp_path / "results")
+    out = tmp_path / "referral_cpu.json"
+    assert bench.main(["--results", str(tmp_path / "results"), "--draws", "20", "--out", str(out)]) == 0
+    rows = {(r["target"], r["n_cal"], r["rule"]): r for r in json.loads(out.read_text())["rows"]}
+    assert {n for _, n, _ in rows} == {50, 100, 200}  # 500 needs 1000 cases
+    assert rows[(0.9, 50, "plain")]["case_sets"] == 3 and rows[(0.9, 200, "plain")]["draws"] == 3 * 20
+    for (target, n_cal, rule), row in rows.items():
+        if rule == "plain":  # it picks the boundary: about half its thresholds fall short
+            assert row["failure_rate"] > 0.2 and row["mean_coverage"] > 0, row
+        else:
+            assert row["failure_rate"] <= 0.05 and row["guarantee"] == 0.95, row
+            assert row["mean_coverage"] <= rows[(target, n_cal, "plain")]["mean_coverage"]
+    # The oracle: the held-out cases above t = 0.8 are 90% accurate, so about 40% can be decided.
+    assert rows[(0.9, 200, "plain")]["mean_best_coverage"] == pytest.approx(0.4, abs=0.1)
+    printed = capsys.readouterr().out
+    assert "guaranteed" in printed and f"wrote {out}" in printed
+
+
+def test_docs_section_shows_every_row_and_how_to_reproduce(bench, tmp_path):
+    _write_results(tmp_path / "results")
+    bench.main(["--results", str(tmp_path / "results"), "--draws", "2", "--out", str(tmp_path / "referral_cpu.json")])
+    make_docs = _load("make_docs")
+    lines = make_docs.referral_section(make_docs.load_referral(tmp_path))
+    assert lines[0] == "## Referral thresholds for a target accuracy"
+    assert sum(line.startswith("| 0.90 | 50 | ") for line in lines) == 2  # plain and guaranteed
+    assert any("python benchmarks/referral.py --draws 2 --seed 0" in line for line in lines)
+
+
+def test_no_stored_predictions_is_a_one_line_error(bench, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert bench.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.json")]) == 2
+    assert "no per-case predictions" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
