@@ -98,14 +98,14 @@ def _referral(probs: np.ndarray, y: np.ndarray, stored: dict) -> dict:
     referred = refer_flags(probs, stored)
     low = probs.max(axis=1) < stored["referral"]["threshold"]
     accepted = ~referred
-    right = int((probs.argmax(axis=1) == y)[accepted].sum())
+    n, right = int(accepted.sum()), int((probs.argmax(axis=1) == y)[accepted].sum())
     return {
         "coverage": float(accepted.mean()),
         "referred_low_confidence": float(low.mean()),
         "referred_conformal_set": float((referred & ~low).mean()),
-        "n_accepted": int(accepted.sum()),
-        "accuracy_of_accepted": float(right / accepted.sum()) if accepted.any() else None,
-        "accuracy_of_accepted_ci": list(binomial_ci(right, int(accepted.sum()))) if accepted.any() else None,
+        "n_accepted": n,
+        "accuracy_of_accepted": right / n if n else None,
+        "accuracy_of_accepted_ci": list(binomial_ci(right, n)) if n else None,
     }
 
 
@@ -163,7 +163,7 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
             f"{cal_split} cases, so every case is referred: lower the target accuracy"
             f"{' or --guarantee' if sure else ''}, or calibrate on more cases")
     test = "test" if "test" in splits and task in splits["test"].labels else None
-    target, decided = stored["referral"].get("target_accuracy"), report["referral"].get(test or "", {})
+    target, decided = referral.get("target_accuracy"), report["referral"].get(test or "", {})
     if target and decided.get("accuracy_of_accepted_ci") and decided["accuracy_of_accepted_ci"][1] < target:
         low, high = decided["accuracy_of_accepted_ci"]
         report["warnings"].append(

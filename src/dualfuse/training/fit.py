@@ -107,13 +107,11 @@ RARE_CLASS_CASES = 10  # below this many training cases a class's frequency is t
 def rare_class_warnings(train, data: pl.LightningDataModule, spec: ModelSpec) -> list[str]:
     """One line per class that an imbalance correction leans on with fewer than `RARE_CLASS_CASES`
     training cases: its weight or logit offset is then set by a handful of images (or by none)."""
-    setting = next(((key, value) for key, value in (("class_weights", train.class_weights),
-                                                     ("logit_adjustment", train.logit_adjustment),
-                                                     ("posthoc_logit_adjustment", train.posthoc_logit_adjustment))
-                    if value), None)
-    if setting is None:
+    key = next((k for k in ("class_weights", "logit_adjustment", "posthoc_logit_adjustment") if getattr(train, k)),
+               None)
+    if key is None:
         return []
-    key, value = setting
+    value = getattr(train, key)
     lines = []
     for task, counts in _train_class_counts(data, spec).items():
         total = counts.sum()

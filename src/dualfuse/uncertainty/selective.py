@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta
 
+from dualfuse.uncertainty.conformal import binomial_ci
 from dualfuse.validation import check_scores, to_numpy
 
 DEFAULT_GUARANTEE = 0.95
@@ -75,10 +75,9 @@ def aurc(confidence: Any, correct: Any) -> float:
 
 def accuracy_lower_bound(correct: int, n: int, level: float) -> float:
     """One-sided Clopper-Pearson lower bound on an accuracy seen as ``correct`` of ``n``: the true
-    accuracy is at least this with probability ``level`` (0 when ``n`` is 0)."""
-    if n == 0 or correct == 0:
-        return 0.0
-    return float(beta.ppf(1 - level, correct, n - correct + 1))
+    accuracy is at least this with probability ``level`` (0 when ``n`` is 0): the lower end of the
+    exact two-sided interval at confidence 2 * level - 1."""
+    return binomial_ci(correct, n, 2 * level - 1)[0] if n else 0.0
 
 
 def _guaranteed_pick(accepted: np.ndarray, errors: np.ndarray, target: float, guarantee: float) -> tuple[int | None, float, int]:
