@@ -2,9 +2,12 @@
 
 `evaluate --target-accuracy A` picks the confidence threshold above which the model decides. Read off
 the calibration cases' own accuracy ("plain": dualfuse's rule before the guarantee, `--guarantee 0`),
-it is chosen where those few cases happened to do well; with a guarantee (selection with guaranteed
-risk, the default) it is certified by a Clopper-Pearson bound. This script measures both on real predictions already stored by
-the other benchmarks: every record's per-case probabilities (test split of accuracy_*.json, out-of-fold
+it is chosen where those few cases happened to do well; with a guarantee (the default) it is certified
+by a Clopper-Pearson bound, found by two searches that share the error budget ("certified"; see
+dualfuse.uncertainty.selective). Each search is also measured alone with the whole budget: the binary
+search ("binary search": selection with guaranteed risk, dualfuse's certified rule before the fixed
+sequence joined it) and the fixed sequence ("fixed sequence"). This script measures them on real
+predictions already stored by the other benchmarks: every record's per-case probabilities (test split of accuracy_*.json, out-of-fold
 cases of cv_*.json) are split at random, many times, into a calibration part of n cases and a held-out
 rest. Each rule picks its threshold on the calibration part; the held-out cases above it say how
 accurate the decided cases really are. A *failure* is a threshold whose held-out decided cases are
@@ -27,12 +30,24 @@ from pathlib import Path
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
 
+from dualfuse.uncertainty import selective
 from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_referral_threshold
 
 SOURCES = ("accuracy_cpu.json", "cv_cpu.json")
 CAL_SIZES = (50, 100, 200, 500, 1000)
 TARGETS = (0.9, 0.95)
-RULES = {"plain": None, "guaranteed": DEFAULT_GUARANTEE}
+RULES = {"plain": None, "binary search": DEFAULT_GUARANTEE, "fixed sequence": DEFAULT_GUARANTEE,
+         "certified": DEFAULT_GUARANTEE}
+SEARCHES = {"binary search": selective._binary_search_pick, "fixed sequence": selective._fixed_sequence_pick}
+
+
+def threshold(confidence: np.ndarray, correct: np.ndarray, target: float, rule: str) -> float:
+    """The rule's confidence threshold on these calibration cases (+inf: refer every case)."""
+    if rule in SEARCHES:  # one search alone, with the whole error budget
+        accepted, errors, thresholds = selective._operating_points(confidence, correct)
+        pick = SEARCHES[rule](accepted, errors, target, 1 - RULES[rule])[0]
+        return float("inf") if pick is None else float(thresholds[pick])
+    return choose_referral_threshold(confidence, correct, target_accuracy=target, guarantee=RULES[rule])["threshold"]
 
 
 def case_sets(results: Path, sources=SOURCES) -> list[dict]:
@@ -54,8 +69,10 @@ def case_sets(results: Path, sources=SOURCES) -> list[dict]:
     return sets
 
 
-def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int = 50, seed: int = 0) -> list[dict]:
-    """One row per (calibration size, target, rule), pooled over every case set at least twice that size."""
+def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int = 50,
+            seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """One row per (calibration size, target, rule), pooled over every case set at least twice that size,
+    and the default rule's paired coverage differences (`_paired_coverage`)."""
     rng = np.random.default_rng(seed)
     tally: dict[tuple, dict] = {}
     for case_set in sets:
@@ -69,14 +86,13 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                     # The oracle: the plain rule fitted on the held-out cases themselves.
                     best = choose_referral_threshold(held_conf, held_ok, target_accuracy=target)["coverage"]
                     for rule, guarantee in RULES.items():
-                        chosen = choose_referral_threshold(case_set["confidence"][cal], case_set["correct"][cal],
-                                                           target_accuracy=target, guarantee=guarantee)
-                        decided = held_conf >= chosen["threshold"]
+                        decided = held_conf >= threshold(case_set["confidence"][cal], case_set["correct"][cal],
+                                                         target, rule)
                         accuracy = float(held_ok[decided].mean()) if decided.any() else None
                         entry = tally.setdefault((n_cal, target, rule), {
                             "n_cal": n_cal, "target": target, "rule": rule, "guarantee": guarantee, "draws": 0,
                             "failures": 0, "referred_all": 0, "coverage": [], "best_coverage": [], "accuracy": [],
-                            "sets": set(), "datasets": set()})
+                            "sets": {}, "datasets": set()})
                         entry["draws"] += 1
                         entry["failures"] += int(accuracy is not None and accuracy < target)
                         entry["referred_all"] += int(not decided.any())
@@ -84,7 +100,8 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                         entry["best_coverage"].append(best)
                         if accuracy is not None:
                             entry["accuracy"].append(accuracy)
-                        entry["sets"].add((case_set["source"], case_set["row"], case_set["seed"], case_set["task"]))
+                        key = (case_set["source"], case_set["row"], case_set["seed"], case_set["task"])
+                        entry["sets"].setdefault(key, []).append(float(decided.mean()))
                         entry["datasets"].add(case_set["dataset"])
     rows = []
     for entry in tally.values():
@@ -99,7 +116,26 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                      "accuracy_p05": float(np.percentile(entry["accuracy"], 5)) if entry["accuracy"] else None,
                      "case_sets": len(entry["sets"]),
                      "datasets": sorted(entry["datasets"])})
-    return sorted(rows, key=lambda r: (r["target"], r["n_cal"], r["rule"]))
+    return sorted(rows, key=lambda r: (r["target"], r["n_cal"], r["rule"])), _paired_coverage(tally, rng)
+
+
+def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certified",
+                     versus: tuple[str, ...] = ("binary search", "fixed sequence"), n_bootstrap: int = 2000) -> list[dict]:
+    """The default rule's held-out coverage minus each search's alone, on the same calibration draws: the
+    mean over case sets of each set's mean difference, with a 95% bootstrap CI over case sets."""
+    paired = []
+    for (n_cal, target, name), entry in sorted(tally.items()):
+        if name != rule:
+            continue
+        for other in versus:
+            theirs = tally[(n_cal, target, other)]["sets"]
+            differences = np.array([np.mean(np.subtract(mine, theirs[key])) for key, mine in entry["sets"].items()])
+            means = differences[rng.integers(0, len(differences), (n_bootstrap, len(differences)))].mean(axis=1)
+            low, high = np.percentile(means, [2.5, 97.5])
+            paired.append({"n_cal": n_cal, "target": target, "rule": rule, "versus": other,
+                           "coverage_difference": float(differences.mean()), "ci_low": float(low), "ci_high": float(high),
+                           "case_sets": len(differences)})
+    return paired
 
 
 def _accuracy_text(row: dict) -> str:
@@ -121,18 +157,22 @@ def main(argv=None) -> int:
         print(f"referral.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    rows = measure(sets, draws=args.draws, seed=args.seed)
+    rows, paired = measure(sets, draws=args.draws, seed=args.seed)
     seconds = round(time.perf_counter() - started, 1)
     command = f"python benchmarks/referral.py --draws {args.draws} --seed {args.seed}"
     write_json(args.out, {"benchmark": "referral", "command": command, **machine(),
                           "sources": list(SOURCES), "draws": args.draws, "seed": args.seed, "seconds": seconds,
-                          "rows": rows})
+                          "rows": rows, "paired": paired})
     show_table("referral thresholds for a target accuracy: held-out failures and coverage",
                ("target", "cal cases", "rule", "case sets", "draws", "failure rate", "refers all", "coverage",
                 "best possible", "decided acc. median / 5th pct"),
                [[f"{r['target']:.2f}", str(r["n_cal"]), r["rule"], str(r["case_sets"]), str(r["draws"]),
                  f"{r['failure_rate']:.1%}", f"{r['referred_all_rate']:.1%}", f"{r['mean_coverage']:.3f}",
-                 f"{r['mean_best_coverage']:.3f}", _accuracy_text(r)] for r in rows], left=3)
+                 f"{r['mean_best_coverage']:.3f}", _accuracy_text(r)] for r in rows], left=3, width=160)
+    show_table("held-out coverage of the default (certified) minus each search alone, same draws [95% CI over case sets]",
+               ("target", "cal cases", "versus", "case sets", "coverage difference"),
+               [[f"{p['target']:.2f}", str(p["n_cal"]), p["versus"], str(p["case_sets"]),
+                 f"{p['coverage_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"] for p in paired], left=3)
     print(f"wrote {args.out}")
     return 0
 

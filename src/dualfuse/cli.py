@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-coverage", type=float, help="... or for this coverage (default 0.9)")
     evaluate.add_argument("--guarantee", type=_guarantee, default=0.95, metavar="P",  # selective.DEFAULT_GUARANTEE
                           help="with --target-accuracy: the probability that the accepted cases meet it (default "
-                          "%(default)s, selection with guaranteed risk; 0: read it off the calibration cases)")
+                          "%(default)s, a certified Clopper-Pearson bound; 0: read it off the calibration cases)")
     evaluate.add_argument("--tta", type=_positive, default=1, metavar="A",
                           help="test-time augmentation views per case (default 1: none); small shifts, flips only "
                           "where training used them")

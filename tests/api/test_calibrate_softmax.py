@@ -33,6 +33,7 @@ def test_calibrated_softmax_is_stored_and_used_by_predict(data_root, tmp_path, c
                  "--output", str(tmp_path / "strict")]) == 0
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "no referral threshold reaches 0.99 accuracy with 95% probability on the" in printed
+    assert "(it takes at least 368 decided cases, all right)" in printed  # 0.99 ** 368 <= 0.025
     stored = json.loads((tmp_path / "run" / "model" / "uncertainty.json").read_text())
     assert stored["predictors"]["1x0"]["label"]["referral"]["guarantee"] == 0.95
     with pytest.raises(SystemExit):

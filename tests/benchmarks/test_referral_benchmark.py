@@ -37,7 +37,7 @@ def _write_results(folder: Path) -> None:
     (folder / "cv_cpu.json").write_text(json.dumps(cv))
 
 
-def test_plain_thresholds_break_their_promise_and_guaranteed_ones_do_not(bench, tmp_path, capsys):
+def test_plain_thresholds_break_their_promise_and_certified_ones_do_not(bench, tmp_path, capsys):
     _write_results(tmp_path / "results")
     out = tmp_path / "referral_cpu.json"
     assert bench.main(["--results", str(tmp_path / "results"), "--draws", "20", "--out", str(out)]) == 0
@@ -52,8 +52,20 @@ def test_plain_thresholds_break_their_promise_and_guaranteed_ones_do_not(bench, 
             assert row["mean_coverage"] <= rows[(target, n_cal, "plain")]["mean_coverage"]
     # The oracle: the held-out cases above t = 0.8 are 90% accurate, so about 40% can be decided.
     assert rows[(0.9, 200, "plain")]["mean_best_coverage"] == pytest.approx(0.4, abs=0.1)
+    # Each search alone with the whole budget; together each has half, and the larger coverage is kept.
+    for target, n_cal in {(t, n) for t, n, _ in rows}:
+        both = rows[(target, n_cal, "certified")]["mean_coverage"]
+        assert both <= max(rows[(target, n_cal, rule)]["mean_coverage"] for rule in ("binary search", "fixed sequence"))
+    # Paired on the same draws: one difference per (target, size) and search, its CI around it.
+    paired = json.loads(out.read_text())["paired"]
+    assert len(paired) == 2 * len({(t, n) for t, n, _ in rows})
+    for pair in paired:
+        mine = rows[(pair["target"], pair["n_cal"], "certified")]["mean_coverage"]
+        theirs = rows[(pair["target"], pair["n_cal"], pair["versus"])]["mean_coverage"]
+        assert pair["ci_low"] <= pair["coverage_difference"] <= pair["ci_high"] and pair["case_sets"] == 3
+        assert pair["coverage_difference"] == pytest.approx(mine - theirs, abs=1e-9)  # equal draws per set
     printed = capsys.readouterr().out
-    assert "guaranteed" in printed and f"wrote {out}" in printed
+    assert "certified" in printed and "fixed sequence" in printed and f"wrote {out}" in printed
 
 
 def test_docs_section_shows_every_row_and_how_to_reproduce(bench, tmp_path):
@@ -62,7 +74,8 @@ def test_docs_section_shows_every_row_and_how_to_reproduce(bench, tmp_path):
     make_docs = _load("make_docs")
     lines = make_docs.referral_section(make_docs.load_referral(tmp_path))
     assert lines[0] == "## Referral thresholds for a target accuracy"
-    assert sum(line.startswith("| 0.90 | 50 | ") for line in lines) == 2  # plain and guaranteed
+    assert sum(line.startswith("| 0.90 | 50 | ") for line in lines) == 4 + 2  # 4 rules; 2 paired differences
+    assert any(line.startswith("| 0.90 | 50 | binary search | 3 | ") and line.endswith("** |") for line in lines)
     assert any("python benchmarks/referral.py --draws 2 --seed 0" in line for line in lines)
 
 

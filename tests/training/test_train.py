@@ -256,10 +256,11 @@ def test_referral_threshold_meets_its_target_on_the_calibration_split(calibrated
     strict = evaluate(copy_run(output, tmp_path / "run"), output=tmp_path / "strict", mc_samples=10,
                       target_accuracy=0.9)
     by_accuracy = strict["uncertainty"]["label"]["referral"]
-    assert by_accuracy["guarantee"] == 0.95  # certified by default (selection with guaranteed risk)
+    assert by_accuracy["guarantee"] == 0.95  # certified by default
     if by_accuracy["reachable"]:
         low = by_accuracy[cal]["referred_low_confidence"]
         assert low < 1 and by_accuracy["accuracy_lower_bound"] >= 0.9
+        assert by_accuracy["certified_by"] in ("binary search", "fixed sequence") and by_accuracy["bound_level"] > 0.95
     else:
         assert by_accuracy[cal]["referred_low_confidence"] == 1.0
         assert any(w.startswith("no referral threshold reaches 0.90 accuracy with 95% probability on the")

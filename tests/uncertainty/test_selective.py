@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dualfuse.uncertainty import accuracy_at_coverage, aurc, choose_referral_threshold, refer, risk_coverage_curve
+from dualfuse.uncertainty import selective
 from dualfuse.uncertainty.selective import accuracy_lower_bound
 
 # Sorted by confidence: right, right, wrong, right, wrong.
@@ -99,12 +100,43 @@ def test_guaranteed_threshold_certifies_what_it_accepts_and_refers_more():
     safe = choose_referral_threshold(conf, correct, target_accuracy=0.95, guarantee=0.95)
     assert plain["reachable"] and safe["reachable"] and safe["coverage"] < plain["coverage"]
     k = safe["n_accepted"]
-    level = 1 - 0.05 / safe["tests"]
-    assert safe["tests"] == 10 and safe["accuracy_lower_bound"] >= 0.95  # ceil(log2(1001)) tests
-    assert safe["accuracy_lower_bound"] == pytest.approx(accuracy_lower_bound(int(correct[:k].sum()), k, level))
-    # One more case (the next operating point) would not be certified... or the search stopped before it.
-    assert accuracy_lower_bound(int(correct[:k + 1].sum()), k + 1, level) < 0.95 or safe["coverage"] < 0.7
+    assert safe["certified_by"] in ("binary search", "fixed sequence") and safe["accuracy_lower_bound"] >= 0.95
+    assert safe["bound_level"] >= 0.975  # each search has half of the 5% error budget
+    assert safe["accuracy_lower_bound"] == pytest.approx(accuracy_lower_bound(int(correct[:k].sum()), k, safe["bound_level"]))
+    # The larger of the two searches' picks, each with half of the budget.
+    accepted, errors, _ = selective._operating_points(conf, correct)
+    picks = [search(accepted, errors, 0.95, 0.025)[0]
+             for search in (selective._binary_search_pick, selective._fixed_sequence_pick)]
+    assert k == max(int(accepted[pick]) for pick in picks if pick is not None)
     json.dumps(safe)
+
+
+def test_fixed_sequence_certifies_a_small_calibration_set_the_binary_search_cannot():
+    # 100 calibration cases, the 60 most confident right, then every other one: SGR's 7 tests at level
+    # 1 - 0.025 / 7 need 54 of 54 right at some midpoint and find none; the fixed sequence (each test at
+    # 97.5%) starts at 36 cases (0.9 ** 36 <= 0.025) and walks on while the bound stays at 0.9.
+    conf = np.linspace(1, 0.5, 100)
+    correct = np.r_[np.ones(60, bool), np.arange(40) % 2 == 0]
+    accepted, errors, _ = selective._operating_points(conf, correct)
+    assert selective._binary_search_pick(accepted, errors, 0.9, 0.025)[0] is None
+    safe = choose_referral_threshold(conf, correct, target_accuracy=0.9, guarantee=0.95)
+    k = safe["n_accepted"]
+    assert safe["reachable"] and safe["certified_by"] == "fixed sequence" and safe["bound_level"] == pytest.approx(0.975)
+    assert 60 <= k < 80 and accuracy_lower_bound(int(correct[:k].sum()), k, 0.975) >= 0.9
+    assert accuracy_lower_bound(int(correct[:k + 1].sum()), k + 1, 0.975) < 0.9  # where the sequence stopped
+    # The sequence stops at its first failure: one error among the 36 cases of its first test ends it
+    # there, though the 60 most confident (59 right) would pass on their own.
+    early_error = correct.copy()
+    early_error[35] = False
+    assert accuracy_lower_bound(59, 60, 0.975) >= 0.9
+    assert not choose_referral_threshold(conf, early_error, target_accuracy=0.9, guarantee=0.95)["reachable"]
+
+
+def test_fewest_cases_to_certify_a_target():
+    # A perfect record of n cases has the lower bound (1 - level) ** (1 / n), each search at level 97.5%.
+    assert selective.fewest_cases_to_certify(0.9) == 36 and selective.fewest_cases_to_certify(0.95) == 72
+    assert 0.9 ** 36 <= 0.025 < 0.9 ** 35 and selective.fewest_cases_to_certify(1.0) == math.inf
+    assert selective.fewest_cases_to_certify(0.9, guarantee=0.8) == 22  # 0.9 ** 22 <= 0.1
 
 
 def test_too_few_calibration_cases_refer_everything_rather_than_promise():

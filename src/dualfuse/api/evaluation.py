@@ -73,7 +73,7 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     augmentation used them, because laterality can matter).
 
     `target_accuracy` picks the referral threshold whose accepted cases are at least that accurate
-    with probability `guarantee` (default 0.95; selection with guaranteed risk on the calibration
+    with probability `guarantee` (default 0.95; a Clopper-Pearson bound certified on the calibration
     split, so a small split refers more rather than promise what it cannot); `guarantee=None` reads the
     threshold off the calibration cases' own accuracy instead.
 

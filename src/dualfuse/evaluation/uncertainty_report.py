@@ -23,7 +23,7 @@ from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import binomial_ci, conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.ood import ood_report
-from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold
+from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold, fewest_cases_to_certify
 
 CONFORMAL_SCORES = ("lac", "aps")
 
@@ -144,7 +144,8 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
                     "temperature": stored["temperature"], "calibration_split": cal_split, "calibration": {},
                     "selective": {}, "measures": {}, "referral": {"threshold": stored["referral"]["threshold"],
                     **{k: stored["referral"].get(k) for k in ("target_accuracy", "target_coverage", "reachable",
-                                                              "guarantee", "accuracy_lower_bound")}},
+                                                              "guarantee", "accuracy_lower_bound", "bound_level",
+                                                              "certified_by")}},
                     "warnings": []}
     for split, predictions in splits.items():
         if task not in predictions.labels:
@@ -158,10 +159,12 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
     referral = stored["referral"]
     if referral.get("target_accuracy") and not referral.get("reachable", True):
         sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
+        fewest = (f" (it takes at least {fewest_cases_to_certify(referral['target_accuracy'], referral['guarantee'])}"
+                  " decided cases, all right)") if sure and referral["target_accuracy"] < 1 else ""
         report["warnings"].append(
             f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {referral['n']} "
             f"{cal_split} cases, so every case is referred: lower the target accuracy"
-            f"{' or --guarantee' if sure else ''}, or calibrate on more cases")
+            f"{' or --guarantee' if sure else ''}, or calibrate on more cases{fewest}")
     test = "test" if "test" in splits and task in splits["test"].labels else None
     target, decided = referral.get("target_accuracy"), report["referral"].get(test or "", {})
     if target and decided.get("accuracy_of_accepted_ci") and decided["accuracy_of_accepted_ci"][1] < target:

@@ -14,11 +14,21 @@ al. 2019). Lower is better.
 
 A referral threshold for a target accuracy read off the calibration cases' own accuracy is too
 optimistic on small data: it is picked where those few cases happened to do well. With a
-``guarantee`` it is chosen by selection with guaranteed risk (SGR, Geifman & El-Yaniv 2017): a
-binary search over the operating points that accepts one only when the one-sided Clopper-Pearson
-lower bound of its accuracy reaches the target, each test at level (1 - guarantee) / (number of
-tests), so with probability at least ``guarantee`` over the calibration draw, the accepted cases of
-data like it are at least that accurate.
+``guarantee`` it is certified instead: an operating point is accepted only when the one-sided
+Clopper-Pearson lower bound of its accuracy reaches the target, so with probability at least
+``guarantee`` over the calibration draw, the accepted cases of data like it are at least that
+accurate. Two searches share the error budget 1 - guarantee, half each, and the larger coverage
+either certifies is kept (a union bound keeps the promise):
+
+* a binary search over the operating points (selection with guaranteed risk, SGR, Geifman &
+  El-Yaniv 2017), each of its ceil(log2(N + 1)) tests at level 1 - budget / tests: robust when
+  there are many calibration cases;
+* a fixed sequence (as in Learn then Test, Angelopoulos et al. 2021): the operating points in order
+  of coverage, from the smallest set whose perfect record could reach the target, each tested at
+  the full level 1 - budget and stopping at the first that fails: no test pays for the others,
+  which is what it gains on a few hundred calibration cases.
+
+The order of both searches depends only on the confidences, never on which cases were right.
 """
 from __future__ import annotations
 
@@ -27,15 +37,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
 
-from dualfuse.uncertainty.conformal import binomial_ci
 from dualfuse.validation import check_scores, to_numpy
 
 DEFAULT_GUARANTEE = 0.95
-"""How sure `evaluate --target-accuracy` is that the accepted cases meet the target (SGR)."""
+"""How sure `evaluate --target-accuracy` is that the accepted cases meet the target."""
 
-__all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "choose_referral_threshold", "refer",
-           "risk_coverage_curve"]
+__all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "choose_referral_threshold",
+           "fewest_cases_to_certify", "refer", "risk_coverage_curve"]
 
 
 def _check_inputs(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -73,18 +83,24 @@ def aurc(confidence: Any, correct: Any) -> float:
     return float((errors / accepted * steps).sum() / len(conf))
 
 
+def _lower_bounds(correct: np.ndarray, n: np.ndarray, level: float) -> np.ndarray:
+    """Vectorised one-sided Clopper-Pearson lower bounds (0 where nothing is right)."""
+    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore"):
+        bounds = beta.ppf(1 - level, correct, n - correct + 1)
+    return np.where(correct > 0, bounds, 0.0)
+
+
 def accuracy_lower_bound(correct: int, n: int, level: float) -> float:
     """One-sided Clopper-Pearson lower bound on an accuracy seen as ``correct`` of ``n``: the true
-    accuracy is at least this with probability ``level`` (0 when ``n`` is 0): the lower end of the
-    exact two-sided interval at confidence 2 * level - 1."""
-    return binomial_ci(correct, n, 2 * level - 1)[0] if n else 0.0
+    accuracy is at least this with probability ``level`` (0 when ``n`` is 0)."""
+    return float(_lower_bounds(correct, n, level)) if n else 0.0
 
 
-def _guaranteed_pick(accepted: np.ndarray, errors: np.ndarray, target: float, guarantee: float) -> tuple[int | None, float, int]:
+def _binary_search_pick(accepted: np.ndarray, errors: np.ndarray, target: float, budget: float) -> tuple[int | None, float, float]:
     """SGR: the operating point with the largest coverage a binary search certifies, its accuracy's lower
-    bound, and the number of tests (each at level 1 - (1 - guarantee) / tests)."""
-    tests = max(1, math.ceil(math.log2(len(accepted) + 1)))
-    level = 1 - (1 - guarantee) / tests
+    bound and the level each test used (1 - budget / number of tests)."""
+    level = 1 - budget / max(1, math.ceil(math.log2(len(accepted) + 1)))
     low, high, bound = -1, len(accepted), 0.0  # points <= low are certified, points >= high are not
     while high - low > 1:
         middle = (low + high) // 2
@@ -94,7 +110,39 @@ def _guaranteed_pick(accepted: np.ndarray, errors: np.ndarray, target: float, gu
             low, bound = middle, lower
         else:
             high = middle
-    return (None if low < 0 else low), bound, tests
+    return (None if low < 0 else low), bound, level
+
+
+def _fewest_cases(target: float, budget: float) -> float:
+    """The fewest accepted cases whose perfect record has a lower bound at ``target`` (level 1 - budget)."""
+    return math.ceil(math.log(budget) / math.log(target) - 1e-9) if target < 1 else math.inf
+
+
+def fewest_cases_to_certify(target_accuracy: float, guarantee: float = DEFAULT_GUARANTEE) -> float:
+    """How many decided calibration cases, all of them right, it takes at least to certify
+    ``target_accuracy`` (36 for 0.9 at 0.95, 72 for 0.95; inf for 1): fewer can only refer every case."""
+    return _fewest_cases(target_accuracy, (1 - guarantee) / 2)
+
+
+def _fixed_sequence_pick(accepted: np.ndarray, errors: np.ndarray, target: float, budget: float) -> tuple[int | None, float, float]:
+    """The operating points in order of coverage, each tested at level 1 - budget, from the first with
+    enough cases for a perfect record to reach the target; the last one before the first failure."""
+    level = 1 - budget
+    first = np.searchsorted(accepted, _fewest_cases(target, budget))
+    bounds = _lower_bounds(accepted[first:] - errors[first:], accepted[first:], level)
+    failed = np.flatnonzero(bounds < target)
+    passed = failed[0] if len(failed) else len(bounds)
+    return (None, 0.0, level) if passed == 0 else (first + passed - 1, float(bounds[passed - 1]), level)
+
+
+def _certified_pick(accepted: np.ndarray, errors: np.ndarray, target: float, guarantee: float) -> tuple[int | None, dict]:
+    """The larger coverage of the two searches, each with half of the error budget 1 - guarantee."""
+    best, about = None, {"accuracy_lower_bound": None, "certified_by": None, "bound_level": None}
+    for name, search in (("binary search", _binary_search_pick), ("fixed sequence", _fixed_sequence_pick)):
+        pick, bound, level = search(accepted, errors, target, (1 - guarantee) / 2)
+        if pick is not None and (best is None or pick > best):
+            best, about = pick, {"accuracy_lower_bound": bound, "certified_by": name, "bound_level": level}
+    return best, about
 
 
 def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: float | None = None,
@@ -103,14 +151,15 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
 
     With ``target_accuracy`` the lowest threshold, i.e. the largest coverage, whose accepted set
     (confidence >= threshold) is at least that accurate here; with ``guarantee`` (e.g. 0.95) the
-    largest coverage SGR certifies instead: the accepted set's accuracy lower bound reaches the
-    target (module docstring). When none qualifies, ``reachable`` is False, ``threshold`` is +inf
-    (refer every case), ``coverage`` 0 and ``accuracy`` None. With ``target_coverage`` the highest
+    largest coverage that is certified instead: the accepted set's accuracy lower bound reaches the
+    target, by either of two searches (module docstring). When none qualifies, ``reachable`` is
+    False, ``threshold`` is +inf (refer every case), ``coverage`` 0 and ``accuracy`` None. With ``target_coverage`` the highest
     threshold accepting at least that fraction of the cases (more only where ties force it).
 
     Returns a JSON-serialisable dict: ``threshold``, ``coverage``, ``accuracy``, ``n_accepted``,
     ``n``, ``reachable``, ``target_accuracy``, ``target_coverage`` and, with a guarantee,
-    ``guarantee`` and ``accuracy_lower_bound``. Note that +inf is written as ``Infinity`` by
+    ``guarantee``, ``accuracy_lower_bound``, ``bound_level`` (the confidence of that bound) and
+    ``certified_by`` (which search found it). Note that +inf is written as ``Infinity`` by
     :func:`json.dumps`.
     """
     if (target_accuracy is None) == (target_coverage is None):
@@ -128,9 +177,8 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
     slack = 1e-9 * accepted
     extra: dict[str, Any] = {}
     if target_accuracy is not None and guarantee is not None:
-        pick, bound, tests = _guaranteed_pick(accepted, errors, target_accuracy, guarantee)
-        extra = {"guarantee": float(guarantee), "accuracy_lower_bound": bound if pick is not None else None,
-                 "tests": tests}
+        pick, about = _certified_pick(accepted, errors, target_accuracy, guarantee)
+        extra = {"guarantee": float(guarantee), **about}
     elif target_accuracy is not None:
         feasible = np.flatnonzero(errors <= (1 - target_accuracy) * accepted + slack)
         pick = feasible[-1] if len(feasible) else None
