@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from dualfuse.evaluation.predictions import Predictions, Predictor, refer_flags, softmax
+from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import binomial_ci, conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
@@ -41,23 +41,29 @@ def predictors_of(predictions: Predictions) -> list[Predictor]:
 def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy: float | None = None,
               target_coverage: float | None = None, alpha: float = 0.1, guarantee: float | None = None) -> dict:
     """What `predict` needs for one task and predictor, all chosen on the calibration split: the
-    predictor's temperature, a referral threshold on its calibrated top-class probability (for a target
-    accuracy, certified with probability `guarantee` when given), and conformal thresholds."""
+    predictor's temperature, conformal thresholds and a referral threshold on its calibrated top-class
+    probability. For a target accuracy (certified with probability `guarantee` when given) the threshold
+    is chosen among the cases whose conformal set names one class: a case is decided only when it is
+    confident enough *and* its set is a singleton (`refer_flags`), so the promise is about the cases the
+    model actually decides."""
     y = cal.labels[task]
     temperature = fit_temperature(cal.predictor_logits(task, predictor), y)
     probs = cal.using(predictor, {task: temperature}).probs(task)
-    if target_accuracy is None and target_coverage is None:
-        target_coverage = 0.9
-    referral = choose_referral_threshold(probs.max(axis=1), probs.argmax(axis=1) == y,
-                                         target_accuracy=target_accuracy, target_coverage=target_coverage,
-                                         guarantee=guarantee if target_accuracy is not None else None)
-    return {
-        "predictor": predictor.key,
-        "temperature": temperature,
-        "referral": {**referral, "confidence": "max_prob"},
-        "conformal": {score: {"alpha": alpha, "qhat": conformal_threshold(probs, y, alpha, score)}
-                      for score in CONFORMAL_SCORES},
-    }
+    conformal = {score: {"alpha": alpha, "qhat": conformal_threshold(probs, y, alpha, score)}
+                 for score in CONFORMAL_SCORES}
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    if target_accuracy is None:
+        coverage = 0.9 if target_coverage is None else target_coverage
+        referral = choose_referral_threshold(confidence, correct, target_coverage=coverage)
+    else:
+        decidable = conformal_sets(probs, {"conformal": conformal}).sum(axis=1) == 1
+        # With no decidable case every case counts as wrong: nothing can reach the target.
+        keep = decidable if decidable.any() else slice(None)
+        referral = choose_referral_threshold(confidence[keep], correct[keep] & decidable[keep],
+                                             target_accuracy=target_accuracy, guarantee=guarantee)
+        referral.update(n=len(y), coverage=referral["n_accepted"] / len(y), n_decidable=int(decidable.sum()))
+    return {"predictor": predictor.key, "temperature": temperature,
+            "referral": {**referral, "confidence": "max_prob"}, "conformal": conformal}
 
 
 def _selective(probs: np.ndarray, y: np.ndarray) -> dict:
@@ -145,7 +151,7 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
                     "selective": {}, "measures": {}, "referral": {"threshold": stored["referral"]["threshold"],
                     **{k: stored["referral"].get(k) for k in ("target_accuracy", "target_coverage", "reachable",
                                                               "guarantee", "accuracy_lower_bound", "bound_level",
-                                                              "certified_by")}},
+                                                              "certified_by", "n_decidable")}},
                     "warnings": []}
     for split, predictions in splits.items():
         if task not in predictions.labels:
@@ -161,9 +167,11 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
         sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
         fewest = (f" (it takes at least {fewest_cases_to_certify(referral['target_accuracy'], referral['guarantee'])}"
                   " decided cases, all right)") if sure and referral["target_accuracy"] < 1 else ""
+        singletons = (f" ({referral['n_decidable']} with a one-class conformal set)"
+                      if referral.get("n_decidable") is not None else "")
         report["warnings"].append(
             f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {referral['n']} "
-            f"{cal_split} cases, so every case is referred: lower the target accuracy"
+            f"{cal_split} cases{singletons}, so every case is referred: lower the target accuracy"
             f"{' or --guarantee' if sure else ''}, or calibrate on more cases{fewest}")
     test = "test" if "test" in splits and task in splits["test"].labels else None
     target, decided = referral.get("target_accuracy"), report["referral"].get(test or "", {})

@@ -1,0 +1,50 @@
+"""The referral threshold for a target accuracy is chosen, and certified, on the cases the model decides.
+
+A case is decided only when its confidence reaches the threshold *and* its conformal set names one
+class, so the accuracy promised on the calibration split must be the accuracy of exactly those cases.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags
+from dualfuse.evaluation.uncertainty_report import calibrate
+from dualfuse.uncertainty.selective import accuracy_lower_bound
+
+
+def _ambiguous_predictions(n: int = 600, seed: int = 0) -> Predictions:
+    """3 classes; for a third of the cases a second class is almost as likely as the true one."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), y] += rng.uniform(0, 5, n)
+    ambiguous, other = rng.random(n) < 0.35, (y + 1) % 3
+    logits[ambiguous, other[ambiguous]] = logits[ambiguous, y[ambiguous]] + rng.normal(0, 0.3, ambiguous.sum())
+    return Predictions([str(i) for i in range(n)], [""] * n, {"label": logits}, labels={"label": y})
+
+
+@pytest.mark.parametrize("guarantee", [0.95, None])
+def test_the_promise_is_about_the_decided_cases(guarantee):
+    predictions = _ambiguous_predictions()
+    stored = calibrate(predictions, "label", Predictor(1, 0), target_accuracy=0.9, guarantee=guarantee)
+    probs = predictions.using(Predictor(1, 0), {"label": stored["temperature"]}).probs("label")
+    referral, right = stored["referral"], probs.argmax(axis=1) == predictions.labels["label"]
+    decided = ~refer_flags(probs, stored)
+    singleton = conformal_sets(probs, stored).sum(axis=1) == 1
+    assert referral["reachable"] and referral["n"] == 600 and referral["n_decidable"] == singleton.sum()
+    assert decided.sum() == referral["n_accepted"] and referral["coverage"] == pytest.approx(decided.mean())
+    assert right[decided].mean() == pytest.approx(referral["accuracy"]) and right[decided].mean() >= 0.9
+    if guarantee:
+        assert referral["accuracy_lower_bound"] == pytest.approx(
+            accuracy_lower_bound(int(right[decided].sum()), int(decided.sum()), referral["bound_level"]))
+    else:  # read off the calibration cases: confident cases with two-class sets exist and are left out
+        assert (~singleton & (probs.max(axis=1) >= referral["threshold"])).any()
+
+
+def test_no_decidable_case_refers_everything():
+    predictions = _ambiguous_predictions(n=200)
+    stored = calibrate(predictions, "label", Predictor(1, 0), target_accuracy=0.9, guarantee=0.95, alpha=0.001)
+    # alpha = 0.001 on 200 cases: qhat is +inf, every set holds all three classes.
+    assert stored["referral"]["n_decidable"] == 0 and not stored["referral"]["reachable"]
+    assert stored["referral"]["threshold"] == float("inf")
