@@ -7,9 +7,9 @@ by a Clopper-Pearson bound, found by two searches that share the error budget ("
 dualfuse.uncertainty.selective). Each search is also measured alone with the whole budget: the binary
 search ("binary search": selection with guaranteed risk, dualfuse's certified rule before the fixed
 sequence joined it) and the fixed sequence ("fixed sequence"). This script measures them on real
-predictions already stored by the other benchmarks: every record's per-case probabilities (test split of accuracy_*.json, out-of-fold
-cases of cv_*.json) are split at random, many times, into a calibration part of n cases and a held-out
-rest. Each rule picks its threshold on the calibration part; the held-out cases above it say how
+predictions already stored by the other benchmarks: every record's per-case probabilities (test split
+of accuracy_*.json, out-of-fold cases of cv_*.json) are split at random, many times, into a calibration
+part of n cases and a held-out rest. Each rule picks its threshold on the calibration part; the held-out cases above it say how
 accurate the decided cases really are. A *failure* is a threshold whose held-out decided cases are
 less accurate than the target (a threshold that refers everything cannot fail). Coverage is the
 held-out fraction decided; "best possible" is the largest held-out coverage whose accuracy still meets
@@ -120,7 +120,8 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
 
 
 def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certified",
-                     versus: tuple[str, ...] = ("binary search", "fixed sequence"), n_bootstrap: int = 2000) -> list[dict]:
+                     versus: tuple[str, ...] = ("binary search", "fixed sequence"),
+                     n_bootstrap: int = 2000) -> list[dict]:
     """The default rule's held-out coverage minus each search's alone, on the same calibration draws: the
     mean over case sets of each set's mean difference, with a 95% bootstrap CI over case sets."""
     paired = []
@@ -133,8 +134,8 @@ def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certifi
             means = differences[rng.integers(0, len(differences), (n_bootstrap, len(differences)))].mean(axis=1)
             low, high = np.percentile(means, [2.5, 97.5])
             paired.append({"n_cal": n_cal, "target": target, "rule": rule, "versus": other,
-                           "coverage_difference": float(differences.mean()), "ci_low": float(low), "ci_high": float(high),
-                           "case_sets": len(differences)})
+                           "coverage_difference": float(differences.mean()), "ci_low": float(low),
+                           "ci_high": float(high), "case_sets": len(differences)})
     return paired
 
 
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
                [[f"{r['target']:.2f}", str(r["n_cal"]), r["rule"], str(r["case_sets"]), str(r["draws"]),
                  f"{r['failure_rate']:.1%}", f"{r['referred_all_rate']:.1%}", f"{r['mean_coverage']:.3f}",
                  f"{r['mean_best_coverage']:.3f}", _accuracy_text(r)] for r in rows], left=3, width=160)
-    show_table("held-out coverage of the default (certified) minus each search alone, same draws [95% CI over case sets]",
+    show_table("held-out coverage of the default (certified) minus each search alone, same draws "
+               "[95% CI over case sets]",
                ("target", "cal cases", "versus", "case sets", "coverage difference"),
                [[f"{p['target']:.2f}", str(p["n_cal"]), p["versus"], str(p["case_sets"]),
                  f"{p['coverage_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"] for p in paired], left=3)

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualfuse.uncertainty import accuracy_at_coverage, aurc, choose_referral_threshold, refer, risk_coverage_curve
-from dualfuse.uncertainty import selective
+from dualfuse.uncertainty import (
+    accuracy_at_coverage,
+    aurc,
+    choose_referral_threshold,
+    refer,
+    risk_coverage_curve,
+    selective,
+)
 from dualfuse.uncertainty.selective import accuracy_lower_bound
 
 # Sorted by confidence: right, right, wrong, right, wrong.

@@ -23,7 +23,12 @@ from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import binomial_ci, conformal_report, conformal_threshold
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.ood import ood_report
-from dualfuse.uncertainty.selective import accuracy_at_coverage, aurc, choose_referral_threshold, fewest_cases_to_certify
+from dualfuse.uncertainty.selective import (
+    accuracy_at_coverage,
+    aurc,
+    choose_referral_threshold,
+    fewest_cases_to_certify,
+)
 
 CONFORMAL_SCORES = ("lac", "aps")
 

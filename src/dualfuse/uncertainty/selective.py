@@ -97,7 +97,8 @@ def accuracy_lower_bound(correct: int, n: int, level: float) -> float:
     return float(_lower_bounds(correct, n, level)) if n else 0.0
 
 
-def _binary_search_pick(accepted: np.ndarray, errors: np.ndarray, target: float, budget: float) -> tuple[int | None, float, float]:
+def _binary_search_pick(accepted: np.ndarray, errors: np.ndarray, target: float,
+                        budget: float) -> tuple[int | None, float, float]:
     """SGR: the operating point with the largest coverage a binary search certifies, its accuracy's lower
     bound and the level each test used (1 - budget / number of tests)."""
     level = 1 - budget / max(1, math.ceil(math.log2(len(accepted) + 1)))
@@ -124,7 +125,8 @@ def fewest_cases_to_certify(target_accuracy: float, guarantee: float = DEFAULT_G
     return _fewest_cases(target_accuracy, (1 - guarantee) / 2)
 
 
-def _fixed_sequence_pick(accepted: np.ndarray, errors: np.ndarray, target: float, budget: float) -> tuple[int | None, float, float]:
+def _fixed_sequence_pick(accepted: np.ndarray, errors: np.ndarray, target: float,
+                         budget: float) -> tuple[int | None, float, float]:
     """The operating points in order of coverage, each tested at level 1 - budget, from the first with
     enough cases for a perfect record to reach the target; the last one before the first failure."""
     level = 1 - budget
@@ -135,7 +137,8 @@ def _fixed_sequence_pick(accepted: np.ndarray, errors: np.ndarray, target: float
     return (None, 0.0, level) if passed == 0 else (first + passed - 1, float(bounds[passed - 1]), level)
 
 
-def _certified_pick(accepted: np.ndarray, errors: np.ndarray, target: float, guarantee: float) -> tuple[int | None, dict]:
+def _certified_pick(accepted: np.ndarray, errors: np.ndarray, target: float,
+                    guarantee: float) -> tuple[int | None, dict]:
     """The larger coverage of the two searches, each with half of the error budget 1 - guarantee."""
     best, about = None, {"accuracy_lower_bound": None, "certified_by": None, "bound_level": None}
     for name, search in (("binary search", _binary_search_pick), ("fixed sequence", _fixed_sequence_pick)):
@@ -153,8 +156,9 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
     (confidence >= threshold) is at least that accurate here; with ``guarantee`` (e.g. 0.95) the
     largest coverage that is certified instead: the accepted set's accuracy lower bound reaches the
     target, by either of two searches (module docstring). When none qualifies, ``reachable`` is
-    False, ``threshold`` is +inf (refer every case), ``coverage`` 0 and ``accuracy`` None. With ``target_coverage`` the highest
-    threshold accepting at least that fraction of the cases (more only where ties force it).
+    False, ``threshold`` is +inf (refer every case), ``coverage`` 0 and ``accuracy`` None. With
+    ``target_coverage`` the highest threshold accepting at least that fraction of the cases (more
+    only where ties force it).
 
     Returns a JSON-serialisable dict: ``threshold``, ``coverage``, ``accuracy``, ``n_accepted``,
     ``n``, ``reachable``, ``target_accuracy``, ``target_coverage`` and, with a guarantee,
