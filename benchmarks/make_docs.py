@@ -696,8 +696,10 @@ def referral_section(runs: list[dict]) -> list[str]:
              "and *fixed sequence* (each operating point in order of coverage at the full level, stopping at the first "
              "failure). Coverage: the held-out fraction "
              "decided; best possible: the largest held-out coverage at the target (an oracle, not a rule). Decided "
-             "accuracy: median and 5th percentile over the draws that decided any case. Confidence: the stored "
-             "top-class probability (no temperature).", "",
+             "accuracy: median and 5th percentile over the draws that decided any case. Every rule decides as "
+             "`evaluate` does: a temperature fitted on the calibration part (to the log of the stored probabilities), "
+             "the calibrated top-class probability as confidence, and only cases whose LAC conformal set (α = 0.1, "
+             "fitted on the calibration part) names one class decided; the threshold is chosen among those.", "",
              "| target | calibration cases | rule | case sets (draws) | failure rate | refers every case | coverage | "
              "best possible | decided accuracy: median / 5th pct |",
              "|--:|--:|---|--:|--:|--:|--:|--:|--:|"]

@@ -15,8 +15,10 @@ less accurate than the target (a threshold that refers everything cannot fail). 
 held-out fraction decided; "best possible" is the largest held-out coverage whose accuracy still meets
 the target (an oracle, not a rule). The held-out accuracy of the decided cases is also summarised
 (median and 5th percentile over the draws that decided any), so a failure's size shows, not only its
-rate. Confidence is the stored top-class probability, uncalibrated (a temperature would reorder cases
-only slightly and is left out).
+rate. Every rule decides as `evaluate` does: a temperature is fitted on the calibration part (to the
+log of the stored probabilities), confidence is the calibrated top-class probability, and a case is
+decided only when its LAC conformal set (alpha 0.1, fitted on the calibration part) names one class;
+the threshold is chosen among the calibration cases with such a set.
 
     python benchmarks/referral.py --out docs/results/referral_cpu.json
 """
@@ -30,7 +32,11 @@ from pathlib import Path
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
 
+from scipy.special import softmax
+
 from dualfuse.uncertainty import selective
+from dualfuse.uncertainty.calibration import fit_temperature
+from dualfuse.uncertainty.conformal import conformal_threshold, prediction_sets
 from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_referral_threshold
 
 SOURCES = ("accuracy_cpu.json", "cv_cpu.json")
@@ -39,10 +45,22 @@ TARGETS = (0.9, 0.95)
 RULES = {"plain": None, "binary search": DEFAULT_GUARANTEE, "fixed sequence": DEFAULT_GUARANTEE,
          "certified": DEFAULT_GUARANTEE}
 SEARCHES = {"binary search": selective._binary_search_pick, "fixed sequence": selective._fixed_sequence_pick}
+ALPHA = 0.1  # evaluate's default conformal alpha
+
+
+def decision_inputs(case_set: dict, cal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `evaluate` fits on the calibration part, applied to every case: each case's calibrated
+    confidence, whether its prediction is right, and whether its conformal set names one class."""
+    logits, labels = np.log(np.clip(case_set["probs"], 1e-12, None)), case_set["labels"]
+    probs = softmax(logits / fit_temperature(logits[cal], labels[cal]), axis=1)
+    qhat = conformal_threshold(probs[cal], labels[cal], ALPHA, "lac")
+    return probs.max(axis=1), probs.argmax(axis=1) == labels, prediction_sets(probs, qhat, "lac").sum(axis=1) == 1
 
 
 def threshold(confidence: np.ndarray, correct: np.ndarray, target: float, rule: str) -> float:
     """The rule's confidence threshold on these calibration cases (+inf: refer every case)."""
+    if not len(confidence):
+        return float("inf")
     if rule in SEARCHES:  # one search alone, with the whole error budget
         accepted, errors, thresholds = selective._operating_points(confidence, correct)
         pick = SEARCHES[rule](accepted, errors, target, 1 - RULES[rule])[0]
@@ -65,7 +83,7 @@ def case_sets(results: Path, sources=SOURCES) -> list[dict]:
                 labels = np.asarray(cases["label"])
                 sets.append({"source": name, "row": record["row"], "seed": record["seed"], "task": task,
                              "dataset": record.get("dataset") or tasks.get(task, {}).get("dataset", task),
-                             "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == labels})
+                             "probs": probs, "labels": labels})
     return sets
 
 
@@ -76,18 +94,22 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
     rng = np.random.default_rng(seed)
     tally: dict[tuple, dict] = {}
     for case_set in sets:
-        n_total = len(case_set["confidence"])
+        n_total = len(case_set["labels"])
         for n_cal in (n for n in cal_sizes if 2 * n <= n_total):
             for _ in range(draws):
                 cal = np.zeros(n_total, dtype=bool)
                 cal[rng.choice(n_total, n_cal, replace=False)] = True
-                held_conf, held_ok = case_set["confidence"][~cal], case_set["correct"][~cal]
+                confidence, correct, decidable = decision_inputs(case_set, cal)
+                chosen_on = cal & decidable
+                held_conf, held_ok, held_decidable = confidence[~cal], correct[~cal], decidable[~cal]
                 for target in targets:
                     # The oracle: the plain rule fitted on the held-out cases themselves.
-                    best = choose_referral_threshold(held_conf, held_ok, target_accuracy=target)["coverage"]
+                    best = (choose_referral_threshold(held_conf[held_decidable], held_ok[held_decidable],
+                                                      target_accuracy=target)["n_accepted"] / len(held_conf)
+                            if held_decidable.any() else 0.0)
                     for rule, guarantee in RULES.items():
-                        decided = held_conf >= threshold(case_set["confidence"][cal], case_set["correct"][cal],
-                                                         target, rule)
+                        decided = held_decidable & (held_conf >= threshold(confidence[chosen_on], correct[chosen_on],
+                                                                           target, rule))
                         accuracy = float(held_ok[decided].mean()) if decided.any() else None
                         entry = tally.setdefault((n_cal, target, rule), {
                             "n_cal": n_cal, "target": target, "rule": rule, "guarantee": guarantee, "draws": 0,

@@ -83,3 +83,29 @@ def test_no_stored_predictions_is_a_one_line_error(bench, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert bench.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.json")]) == 2
     assert "no per-case predictions" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("guarantee", [0.95, None])
+def test_the_benchmark_decides_as_evaluate_does(bench, guarantee):
+    """Temperature, conformal sets and threshold fitted on the calibration part, as `calibrate` fits them."""
+    from dualfuse.evaluation.predictions import Predictions, Predictor, refer_flags
+    from dualfuse.evaluation.uncertainty_report import calibrate
+
+    per_case = _per_case(400, 3)
+    case_set = {"probs": np.asarray(per_case["probs"]), "labels": np.asarray(per_case["label"])}
+    cal = np.zeros(400, dtype=bool)
+    cal[np.random.default_rng(0).choice(400, 200, replace=False)] = True
+    confidence, correct, decidable = bench.decision_inputs(case_set, cal)
+    rule = "certified" if guarantee else "plain"
+    mine = bench.threshold(confidence[cal & decidable], correct[cal & decidable], 0.9, rule)
+
+    logits = np.log(case_set["probs"])
+    part = Predictions([str(i) for i in range(200)], [""] * 200, {"label": logits[cal]},
+                       labels={"label": case_set["labels"][cal]})
+    stored = calibrate(part, "label", Predictor(1, 0), target_accuracy=0.9, guarantee=guarantee)
+    assert mine == pytest.approx(stored["referral"]["threshold"])
+    rest = Predictions([str(i) for i in range(200)], [""] * 200, {"label": logits[~cal]},
+                       labels={"label": case_set["labels"][~cal]})
+    probs = rest.using(Predictor(1, 0), {"label": stored["temperature"]}).probs("label")
+    decided = decidable[~cal] & (confidence[~cal] >= mine)
+    assert np.array_equal(decided, ~refer_flags(probs, stored))
