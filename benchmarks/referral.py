@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
-
 from scipy.special import softmax
 
 from dualfuse.uncertainty import selective

@@ -235,6 +235,12 @@ def _print_uncertainty(summary: dict) -> None:
                                 "-" if row["error_auroc_entropy"] is None else f"{row['error_auroc_entropy']:.3f}")
     if compare.row_count:
         console.print(compare)
+    from dualfuse.evaluation.uncertainty_report import referral_promise
+
+    for task, report in summary["uncertainty"].items():
+        promise = referral_promise(task, report["referral"])
+        if promise:
+            console.print(f"[bold]referral:[/] {promise}")
     notes = [summary["calibration_note"]] if summary.get("calibration_note") else []
     notes += [w for report in summary["uncertainty"].values() for w in report.get("warnings", [])]
     for note in notes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags
-from dualfuse.evaluation.uncertainty_report import calibrate
+from dualfuse.evaluation.uncertainty_report import calibrate, referral_promise
 from dualfuse.uncertainty.selective import accuracy_lower_bound
 
 
@@ -48,3 +48,15 @@ def test_no_decidable_case_refers_everything():
     # alpha = 0.001 on 200 cases: qhat is +inf, every set holds all three classes.
     assert stored["referral"]["n_decidable"] == 0 and not stored["referral"]["reachable"]
     assert stored["referral"]["threshold"] == float("inf")
+
+
+def test_a_certified_threshold_says_what_it_promises_in_one_line():
+    stored = calibrate(_ambiguous_predictions(), "label", Predictor(1, 0), target_accuracy=0.9, guarantee=0.95)
+    referral = stored["referral"]
+    line = referral_promise("label", referral)
+    assert line.startswith(f"label: refer below {referral['threshold']:.3f}; with 95% probability the cases the model "
+                           "decides are at least 0.90 accurate (the ")
+    assert f"{referral['accuracy_lower_bound']:.3f} with 97.50% confidence" in line
+    plain = calibrate(_ambiguous_predictions(), "label", Predictor(1, 0), target_accuracy=0.9)["referral"]
+    unreachable = {**referral, "reachable": False, "accuracy_lower_bound": None}
+    assert referral_promise("label", plain) is None and referral_promise("label", unreachable) is None

@@ -71,6 +71,16 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
             "referral": {**referral, "confidence": "max_prob"}, "conformal": conformal}
 
 
+def referral_promise(task: str, referral: dict) -> str | None:
+    """One line saying what a certified referral threshold promises (None without one), for the CLI."""
+    if not (referral.get("guarantee") and referral.get("reachable") and referral.get("accuracy_lower_bound")):
+        return None
+    return (f"{task}: refer below {referral['threshold']:.3f}; with {referral['guarantee']:.0%} probability the cases "
+            f"the model decides are at least {referral['target_accuracy']:.2f} accurate (the {referral['certified_by']} "
+            f"bounds their accuracy at {referral['accuracy_lower_bound']:.3f} with {referral['bound_level']:.2%} "
+            "confidence on the calibration cases)")
+
+
 def _selective(probs: np.ndarray, y: np.ndarray) -> dict:
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
     return {"aurc": aurc(confidence, correct), "accuracy": float(correct.mean()),
