@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
-from scipy.special import softmax
 
+from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets
+from dualfuse.evaluation.uncertainty_report import calibrate
 from dualfuse.uncertainty import selective
-from dualfuse.uncertainty.calibration import fit_temperature
-from dualfuse.uncertainty.conformal import conformal_threshold, prediction_sets
 from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_referral_threshold
 
 SOURCES = ("accuracy_cpu.json", "cv_cpu.json")
@@ -45,15 +44,19 @@ RULES = {"plain": None, "binary search": DEFAULT_GUARANTEE, "fixed sequence": DE
          "certified": DEFAULT_GUARANTEE}
 SEARCHES = {"binary search": selective._binary_search_pick, "fixed sequence": selective._fixed_sequence_pick}
 ALPHA = 0.1  # evaluate's default conformal alpha
+SOFTMAX = Predictor(1, 0)
 
 
 def decision_inputs(case_set: dict, cal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What `evaluate` fits on the calibration part, applied to every case: each case's calibrated
+    """What `evaluate` fits on the calibration part (`calibrate`: temperature and conformal thresholds,
+    here on the log of the stored probabilities), applied to every case: each case's calibrated
     confidence, whether its prediction is right, and whether its conformal set names one class."""
     logits, labels = np.log(np.clip(case_set["probs"], 1e-12, None)), case_set["labels"]
-    probs = softmax(logits / fit_temperature(logits[cal], labels[cal]), axis=1)
-    qhat = conformal_threshold(probs[cal], labels[cal], ALPHA, "lac")
-    return probs.max(axis=1), probs.argmax(axis=1) == labels, prediction_sets(probs, qhat, "lac").sum(axis=1) == 1
+    part = Predictions([""] * int(cal.sum()), [""] * int(cal.sum()), {"label": logits[cal]}, labels={"label": labels[cal]})
+    stored = calibrate(part, "label", SOFTMAX, alpha=ALPHA)
+    every = Predictions([""] * len(labels), [""] * len(labels), {"label": logits})
+    probs = every.using(SOFTMAX, {"label": stored["temperature"]}).probs("label")
+    return probs.max(axis=1), probs.argmax(axis=1) == labels, conformal_sets(probs, stored).sum(axis=1) == 1
 
 
 def threshold(confidence: np.ndarray, correct: np.ndarray, target: float, rule: str) -> float:
