@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags
-from dualfuse.evaluation.uncertainty_report import calibrate, referral_promise
+from dualfuse.evaluation.uncertainty_report import calibrate, referral_promise, task_report
 from dualfuse.uncertainty.selective import accuracy_lower_bound
 
 
@@ -60,3 +60,34 @@ def test_a_certified_threshold_says_what_it_promises_in_one_line():
     plain = calibrate(_ambiguous_predictions(), "label", Predictor(1, 0), target_accuracy=0.9)["referral"]
     unreachable = {**referral, "reachable": False, "accuracy_lower_bound": None}
     assert referral_promise("label", plain) is None and referral_promise("label", unreachable) is None
+
+
+def test_a_target_coverage_is_the_share_of_cases_the_model_decides():
+    predictions = _ambiguous_predictions()
+    stored = calibrate(predictions, "label", Predictor(1, 0), target_coverage=0.7, alpha=0.2)
+    probs = predictions.using(Predictor(1, 0), {"label": stored["temperature"]}).probs("label")
+    referral, decided = stored["referral"], ~refer_flags(probs, stored)
+    singleton = conformal_sets(probs, stored).sum(axis=1) == 1
+    assert referral["reachable"] and referral["n_decidable"] == singleton.sum() > 0.7 * 600
+    assert decided.sum() == referral["n_accepted"] and decided.mean() >= 0.7
+    # The highest such threshold: the next decidable case up would leave fewer than 70% decided.
+    above = np.sort(probs.max(axis=1)[singleton & (probs.max(axis=1) > referral["threshold"])])
+    assert (singleton & (probs.max(axis=1) >= above[0])).mean() < 0.7
+    # Chosen on confidence alone, the conformal filter would have decided fewer than asked in this example.
+    on_confidence = np.quantile(probs.max(axis=1), 0.3, method="lower")
+    assert (singleton & (probs.max(axis=1) >= on_confidence)).mean() < 0.7
+
+
+def test_a_coverage_beyond_the_one_class_sets_decides_all_of_them_and_warns():
+    predictions = _ambiguous_predictions()
+    stored = calibrate(predictions, "label", Predictor(1, 0), target_coverage=0.95, alpha=0.1)
+    probs = predictions.using(Predictor(1, 0), {"label": stored["temperature"]}).probs("label")
+    referral, singleton = stored["referral"], conformal_sets(probs, stored).sum(axis=1) == 1
+    assert singleton.mean() < 0.95 and not referral["reachable"]
+    assert (~refer_flags(probs, stored) == singleton).all() and referral["n_accepted"] == singleton.sum()
+    warnings = task_report({"val": predictions}, "label", stored, alpha=0.1)["warnings"]
+    assert warnings == [f"only {singleton.sum()} of the 600 val cases have a one-class conformal set, so the model "
+                        f"decides {singleton.mean():.1%} of cases, not the 95% asked: raise --alpha (smaller sets) "
+                        "or lower --target-coverage"]
+    nothing = calibrate(_ambiguous_predictions(n=200), "label", Predictor(1, 0), target_coverage=0.9, alpha=0.001)
+    assert nothing["referral"]["threshold"] == float("inf") and nothing["referral"]["n_accepted"] == 0

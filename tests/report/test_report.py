@@ -128,7 +128,10 @@ def test_model_card_beside_each_checkpoint_validates(report):
     assert test_auc["ci_low"] <= test_auc["value"] <= test_auc["ci_high"]
     assert card["uncertainty"]["mc_samples"] == 8
     assert card["calibration"]["label"]["temperature"] > 0
-    assert card["referral"]["label"]["reachable"] is True
+    stored = json.loads((run / "model" / "uncertainty.json").read_text())
+    referral = stored["predictors"][stored["default"]]["label"]["referral"]
+    assert card["referral"]["label"]["target_coverage"] == 0.9
+    assert card["referral"]["label"]["reachable"] is referral["reachable"]  # False where the one-class sets are < 90%
     assert card["training"]["imbalance_correction"].startswith("none: the predicted class is the most probable")
 
 

@@ -15,6 +15,8 @@ how well entropy and mutual information flag it as foreign.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -47,28 +49,39 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
               target_coverage: float | None = None, alpha: float = 0.1, guarantee: float | None = None) -> dict:
     """What `predict` needs for one task and predictor, all chosen on the calibration split: the
     predictor's temperature, conformal thresholds and a referral threshold on its calibrated top-class
-    probability. For a target accuracy (certified with probability `guarantee` when given) the threshold
-    is chosen among the cases whose conformal set names one class: a case is decided only when it is
-    confident enough *and* its set is a singleton (`refer_flags`), so the promise is about the cases the
-    model actually decides."""
+    probability. A case is decided only when it is confident enough *and* its conformal set names one
+    class (`refer_flags`), so the threshold is chosen among the cases with a one-class set: for a target
+    accuracy (certified with probability `guarantee` when given) the promise is about the cases the model
+    actually decides, and a target coverage is the fraction of all cases it decides."""
     y = cal.labels[task]
     temperature = fit_temperature(cal.predictor_logits(task, predictor), y)
     probs = cal.using(predictor, {task: temperature}).probs(task)
     conformal = {score: {"alpha": alpha, "qhat": conformal_threshold(probs, y, alpha, score)}
                  for score in CONFORMAL_SCORES}
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    decidable = conformal_sets(probs, {"conformal": conformal}).sum(axis=1) == 1
     if target_accuracy is None:
-        coverage = 0.9 if target_coverage is None else target_coverage
-        referral = choose_referral_threshold(confidence, correct, target_coverage=coverage)
+        referral = _coverage_referral(confidence, correct, decidable, 0.9 if target_coverage is None else target_coverage)
     else:
-        decidable = conformal_sets(probs, {"conformal": conformal}).sum(axis=1) == 1
         # With no decidable case every case counts as wrong: nothing can reach the target.
         keep = decidable if decidable.any() else slice(None)
         referral = choose_referral_threshold(confidence[keep], correct[keep] & decidable[keep],
                                              target_accuracy=target_accuracy, guarantee=guarantee)
-        referral.update(n=len(y), coverage=referral["n_accepted"] / len(y), n_decidable=int(decidable.sum()))
+    referral.update(n=len(y), coverage=referral["n_accepted"] / len(y), n_decidable=int(decidable.sum()))
     return {"predictor": predictor.key, "temperature": temperature,
             "referral": {**referral, "confidence": "max_prob"}, "conformal": conformal}
+
+
+def _coverage_referral(confidence: np.ndarray, correct: np.ndarray, decidable: np.ndarray, target: float) -> dict:
+    """The highest threshold deciding at least `target` of all the cases, counting only those with a
+    one-class conformal set. Where fewer have one, every one of them is decided and `reachable` is False."""
+    needed = max(1, math.ceil(target * len(confidence) - 1e-9))
+    if not decidable.any():
+        return {"threshold": math.inf, "coverage": 0.0, "accuracy": None, "n_accepted": 0, "n": len(confidence),
+                "reachable": False, "target_accuracy": None, "target_coverage": float(target)}
+    share = min(1.0, needed / int(decidable.sum()))
+    referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=share)
+    return {**referral, "target_coverage": float(target), "reachable": int(decidable.sum()) >= needed}
 
 
 def referral_promise(task: str, referral: dict) -> str | None:
@@ -188,6 +201,11 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
             f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {referral['n']} "
             f"{cal_split} cases{singletons}, so every case is referred: lower the target accuracy"
             f"{' or --guarantee' if sure else ''}, or calibrate on more cases{fewest}")
+    elif referral.get("target_coverage") and not referral.get("reachable", True):
+        report["warnings"].append(
+            f"only {referral['n_decidable']} of the {referral['n']} {cal_split} cases have a one-class conformal set, "
+            f"so the model decides {referral['coverage']:.1%} of cases, not the {referral['target_coverage']:.0%} "
+            "asked: raise --alpha (smaller sets) or lower --target-coverage")
     test = "test" if "test" in splits and task in splits["test"].labels else None
     target, decided = referral.get("target_accuracy"), report["referral"].get(test or "", {})
     if target and decided.get("accuracy_of_accepted_ci") and decided["accuracy_of_accepted_ci"][1] < target:
