@@ -57,6 +57,20 @@ def _guarantee(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
+def _miscoverage(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
+    return value
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -355,15 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
                           help="more checkpoints of the same model: K models x T samples (deep ensemble)")
     target = evaluate.add_mutually_exclusive_group()
-    target.add_argument("--target-accuracy", type=float, help="choose the referral threshold for this accuracy")
-    target.add_argument("--target-coverage", type=float, help="... or for this coverage (default 0.9)")
+    target.add_argument("--target-accuracy", type=_fraction, help="choose the referral threshold for this accuracy")
+    target.add_argument("--target-coverage", type=_fraction,
+                        help="... or to decide this share of cases (default 0.9)")
     evaluate.add_argument("--guarantee", type=_guarantee, default=0.95, metavar="P",  # selective.DEFAULT_GUARANTEE
                           help="with --target-accuracy: the probability that the accepted cases meet it (default "
                           "%(default)s, a certified Clopper-Pearson bound; 0: read it off the calibration cases)")
     evaluate.add_argument("--tta", type=_positive, default=1, metavar="A",
                           help="test-time augmentation views per case (default 1: none); small shifts, flips only "
                           "where training used them")
-    evaluate.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
+    evaluate.add_argument("--alpha", type=_miscoverage, default=0.1, help="conformal miscoverage (default 0.1: 90%% sets)")
     evaluate.add_argument("--calibrate", action="store_true",
                           help="calibrate the softmax (temperature, referral and conformal thresholds on the "
                                "calibration split) even without --mc-samples: the measured default source")

@@ -39,3 +39,12 @@ def test_calibrated_softmax_is_stored_and_used_by_predict(data_root, tmp_path, c
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path / "run"), "--target-accuracy", "0.9", "--guarantee", "1.5"])
     assert "--guarantee: must be a probability in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "run"), "--target-coverage", "1.5"])
+    assert "--target-coverage: must be a number in (0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "run"), "--alpha", "1"])
+    assert "--alpha: must be a number strictly between 0 and 1, got 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^target_coverage must be a number in \(0, 1\], got 0$"):
+        evaluate(tmp_path / "run", output=tmp_path / "zero", target_coverage=0)
+    assert not (tmp_path / "zero").exists()

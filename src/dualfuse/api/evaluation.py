@@ -30,7 +30,7 @@ from dualfuse.evaluation.predictions import Predictions, Predictor, cases_frame,
 from dualfuse.evaluation.summary import has_patient_ids, split_metrics
 from dualfuse.evaluation.uncertainty_report import compare_predictors, predictors_of, task_report
 from dualfuse.models.spec import ModelSpec
-from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE
+from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, check_target
 from dualfuse.uncertainty.tta import TTAConfig
 
 
@@ -101,6 +101,9 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     data = run.datamodule(spec, config) if run else RunFolder.datamodule_for(spec, config)
     if tta < 1:
         raise ValueError(f"--tta must be at least 1 (1: no test-time augmentation), got {tta}")
+    for name, target in (("target_accuracy", target_accuracy), ("target_coverage", target_coverage)):
+        if target is not None:  # before any prediction is made, not after
+            check_target(name, target)
     partners = _partners(spec, partners, tta, ood)
     augment = config.data.augment or {}
     tta_config = TTAConfig(views=tta, translate=float(augment.get("translate", 0.05)),

@@ -28,6 +28,7 @@ from dualfuse.uncertainty.ood import ood_report
 from dualfuse.uncertainty.selective import (
     accuracy_at_coverage,
     aurc,
+    check_target,
     choose_referral_threshold,
     fewest_cases_to_certify,
 )
@@ -75,6 +76,7 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
 def _coverage_referral(confidence: np.ndarray, correct: np.ndarray, decidable: np.ndarray, target: float) -> dict:
     """The highest threshold deciding at least `target` of all the cases, counting only those with a
     one-class conformal set. Where fewer have one, every one of them is decided and `reachable` is False."""
+    check_target("target_coverage", target)
     needed = max(1, math.ceil(target * len(confidence) - 1e-9))
     if not decidable.any():
         return {"threshold": math.inf, "coverage": 0.0, "accuracy": None, "n_accepted": 0, "n": len(confidence),

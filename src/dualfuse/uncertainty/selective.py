@@ -44,8 +44,14 @@ from dualfuse.validation import check_scores, to_numpy
 DEFAULT_GUARANTEE = 0.95
 """How sure `evaluate --target-accuracy` is that the accepted cases meet the target."""
 
-__all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "choose_referral_threshold",
-           "fewest_cases_to_certify", "refer", "risk_coverage_curve"]
+__all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "check_target",
+           "choose_referral_threshold", "fewest_cases_to_certify", "refer", "risk_coverage_curve"]
+
+
+def check_target(name: str, value: Any) -> None:
+    """A target accuracy or coverage is a fraction in (0, 1]; say which one is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
 
 
 def _check_inputs(confidence: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +174,10 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
     """
     if (target_accuracy is None) == (target_coverage is None):
         raise ValueError("give exactly one of target_accuracy and target_coverage")
-    target = target_accuracy if target_coverage is None else target_coverage
-    name = "target_accuracy" if target_coverage is None else "target_coverage"
-    if isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or not 0 < target <= 1:
-        raise ValueError(f"{name} must be a number in (0, 1], got {target!r}")
+    if target_coverage is None:
+        check_target("target_accuracy", target_accuracy)
+    else:
+        check_target("target_coverage", target_coverage)
     if guarantee is not None and (target_accuracy is None or isinstance(guarantee, bool)
                                   or not isinstance(guarantee, (int, float, np.number)) or not 0 < guarantee < 1):
         raise ValueError(f"guarantee must be a probability in (0, 1) and goes with target_accuracy, got {guarantee!r}")
