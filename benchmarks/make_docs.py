@@ -721,8 +721,36 @@ def referral_section(runs: list[dict]) -> list[str]:
                 lines.append(f"| {pair['target']:.2f} | {pair['n_cal']} | {pair['versus']} | {pair['case_sets']} | "
                              f"{pair['coverage_difference']:+.3f} [{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}] | "
                              f"**{verdict}** |")
+        if run.get("coverage_rows"):
+            lines += coverage_referral_table(run)
         lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/referral.py')}` — "
                   f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s.", ""]
+    return lines
+
+
+def coverage_referral_table(run: dict) -> list[str]:
+    """The default promise, decide 90% of cases, on the same draws: the held-out share each rule decides."""
+    rows, target = run["coverage_rows"], run["coverage_rows"][0]["target_coverage"]
+    lines = ["", f"**For a target coverage** (`evaluate` without `--target-accuracy`: decide {target:.0%} of cases), on "
+             "the same draws: the held-out share of cases decided (confident enough *and* a one-class conformal set). "
+             "*One-class sets* (dualfuse's rule): the threshold is chosen among the calibration cases with a one-class "
+             f"set; where fewer than {target:.0%} have one, all of them are decided and `evaluate` warns. *Confidence "
+             "only* (the rule before it): the threshold decides the target share by confidence alone, and the "
+             "conformal filter then refers more, without a warning. Silent shortfall: a draw that decides less than "
+             f"{target - rows[0]['short_by']:.0%} of the held-out cases and did not warn.", "",
+             "| calibration cases | rule | case sets (draws) | share decided: mean [5th, 95th pct] | warned | "
+             "share decided when not warned | silent shortfall |",
+             "|--:|---|--:|--:|--:|--:|--:|"]
+    for row in rows:
+        unwarned = "–" if row["mean_share_unwarned"] is None else f"{row['mean_share_unwarned']:.3f}"
+        lines.append(f"| {row['n_cal']} | {row['rule']} | {row['case_sets']} ({row['draws']}) | {row['mean_share']:.3f} "
+                     f"[{row['share_p05']:.3f}, {row['share_p95']:.3f}] | {row['warned_rate']:.1%} | {unwarned} | "
+                     f"{row['silent_shortfall_rate']:.1%} |")
+    if run.get("coverage_paired"):
+        lines += ["", "Held-out share decided, one-class sets minus confidence only, same draws (95% bootstrap CI over "
+                  "case sets):", "", "| calibration cases | case sets | share difference [95% CI] |", "|--:|--:|--:|"]
+        lines += [f"| {pair['n_cal']} | {pair['case_sets']} | {pair['coverage_difference']:+.3f} "
+                  f"[{pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}] |" for pair in run["coverage_paired"]]
     return lines
 
 

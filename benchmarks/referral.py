@@ -20,6 +20,12 @@ log of the stored probabilities), confidence is the calibrated top-class probabi
 decided only when its LAC conformal set (alpha 0.1, fitted on the calibration part) names one class;
 the threshold is chosen among the calibration cases with such a set.
 
+The default, `evaluate` without a target accuracy, promises a coverage instead: decide 90% of the cases.
+On the same draws the script measures the held-out share decided by the threshold chosen among the
+one-class-set cases (dualfuse's rule: where fewer than 90% of the calibration cases have such a set, it
+decides all of them and warns) and by the threshold chosen on confidence alone (the rule before it, which
+the conformal filter then silently cut below the target).
+
     python benchmarks/referral.py --out docs/results/referral_cpu.json
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets
-from dualfuse.evaluation.uncertainty_report import calibrate
+from dualfuse.evaluation.uncertainty_report import _coverage_referral, calibrate
 from dualfuse.uncertainty import selective
 from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_referral_threshold
 
@@ -44,6 +50,8 @@ RULES = {"plain": None, "binary search": DEFAULT_GUARANTEE, "fixed sequence": DE
          "certified": DEFAULT_GUARANTEE}
 SEARCHES = {"binary search": selective._binary_search_pick, "fixed sequence": selective._fixed_sequence_pick}
 ALPHA = 0.1  # evaluate's default conformal alpha
+COVERAGE = 0.9  # evaluate's default target coverage
+SHORT_BY = 0.05  # a held-out share below COVERAGE - SHORT_BY with no warning is a silent shortfall
 SOFTMAX = Predictor(1, 0)
 
 
@@ -70,6 +78,14 @@ def threshold(confidence: np.ndarray, correct: np.ndarray, target: float, rule: 
     return choose_referral_threshold(confidence, correct, target_accuracy=target, guarantee=RULES[rule])["threshold"]
 
 
+def coverage_thresholds(confidence: np.ndarray, correct: np.ndarray, decidable: np.ndarray) -> dict[str, tuple]:
+    """Each coverage rule's threshold on these calibration cases, and whether it warned that the target
+    was out of reach."""
+    alone = choose_referral_threshold(confidence, correct, target_coverage=COVERAGE)
+    among = _coverage_referral(confidence, correct, decidable, COVERAGE)
+    return {"confidence only": (alone["threshold"], False), "one-class sets": (among["threshold"], not among["reachable"])}
+
+
 def case_sets(results: Path, sources=SOURCES) -> list[dict]:
     """Every stored set of per-case predictions: `{source, row, seed, dataset, confidence, correct}`."""
     sets = []
@@ -90,11 +106,13 @@ def case_sets(results: Path, sources=SOURCES) -> list[dict]:
 
 
 def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int = 50,
-            seed: int = 0) -> tuple[list[dict], list[dict]]:
+            seed: int = 0) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """One row per (calibration size, target, rule), pooled over every case set at least twice that size,
-    and the default rule's paired coverage differences (`_paired_coverage`)."""
+    and the default rule's paired coverage differences (`_paired_coverage`); then the same for the
+    coverage target (`_coverage_rows`)."""
     rng = np.random.default_rng(seed)
     tally: dict[tuple, dict] = {}
+    by_coverage: dict[tuple, dict] = {}
     for case_set in sets:
         n_total = len(case_set["labels"])
         for n_cal in (n for n in cal_sizes if 2 * n <= n_total):
@@ -104,6 +122,19 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                 confidence, correct, decidable = decision_inputs(case_set, cal)
                 chosen_on = cal & decidable
                 held_conf, held_ok, held_decidable = confidence[~cal], correct[~cal], decidable[~cal]
+                key = (case_set["source"], case_set["row"], case_set["seed"], case_set["task"])
+                for rule, (cut, warned) in coverage_thresholds(confidence[cal], correct[cal], decidable[cal]).items():
+                    share = float((held_decidable & (held_conf >= cut)).mean())
+                    entry = by_coverage.setdefault((n_cal, COVERAGE, rule), {
+                        "n_cal": n_cal, "target_coverage": COVERAGE, "rule": rule, "draws": 0, "warned": 0,
+                        "silent_shortfalls": 0, "shares": [], "shares_unwarned": [], "sets": {}})
+                    entry["draws"] += 1
+                    entry["warned"] += int(warned)
+                    entry["silent_shortfalls"] += int(not warned and share < COVERAGE - SHORT_BY)
+                    entry["shares"].append(share)
+                    if not warned:
+                        entry["shares_unwarned"].append(share)
+                    entry["sets"].setdefault(key, []).append(share)
                 for target in targets:
                     # The oracle: the plain rule fitted on the held-out cases themselves.
                     best = (choose_referral_threshold(held_conf[held_decidable], held_ok[held_decidable],
@@ -124,7 +155,6 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                         entry["best_coverage"].append(best)
                         if accuracy is not None:
                             entry["accuracy"].append(accuracy)
-                        key = (case_set["source"], case_set["row"], case_set["seed"], case_set["task"])
                         entry["sets"].setdefault(key, []).append(float(decided.mean()))
                         entry["datasets"].add(case_set["dataset"])
     rows = []
@@ -140,14 +170,32 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, targets=TARGETS, draws: int =
                      "accuracy_p05": float(np.percentile(entry["accuracy"], 5)) if entry["accuracy"] else None,
                      "case_sets": len(entry["sets"]),
                      "datasets": sorted(entry["datasets"])})
-    return sorted(rows, key=lambda r: (r["target"], r["n_cal"], r["rule"])), _paired_coverage(tally, rng)
+    return (sorted(rows, key=lambda r: (r["target"], r["n_cal"], r["rule"])), _paired_coverage(tally, rng),
+            _coverage_rows(by_coverage), _paired_coverage(by_coverage, rng, "one-class sets", ("confidence only",)))
+
+
+def _coverage_rows(by_coverage: dict) -> list[dict]:
+    """Per (calibration size, rule): the held-out share decided (mean, 5th and 95th percentile), how often
+    the rule warned, and how often it fell short of the target by more than SHORT_BY without a warning."""
+    rows = []
+    for (n_cal, _, rule), entry in sorted(by_coverage.items()):
+        shares = np.asarray(entry["shares"])
+        rows.append({"n_cal": n_cal, "target_coverage": entry["target_coverage"], "rule": rule,
+                     "draws": entry["draws"], "case_sets": len(entry["sets"]),
+                     "mean_share": float(shares.mean()), "share_p05": float(np.percentile(shares, 5)),
+                     "share_p95": float(np.percentile(shares, 95)), "warned_rate": entry["warned"] / entry["draws"],
+                     "mean_share_unwarned": float(np.mean(entry["shares_unwarned"])) if entry["shares_unwarned"]
+                     else None,
+                     "silent_shortfall_rate": entry["silent_shortfalls"] / entry["draws"], "short_by": SHORT_BY})
+    return rows
 
 
 def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certified",
                      versus: tuple[str, ...] = ("binary search", "fixed sequence"),
                      n_bootstrap: int = 2000) -> list[dict]:
-    """The default rule's held-out coverage minus each search's alone, on the same calibration draws: the
-    mean over case sets of each set's mean difference, with a 95% bootstrap CI over case sets."""
+    """`rule`'s held-out coverage minus each rule of `versus` (by default: the certified rule minus each
+    search alone), on the same calibration draws: the mean over case sets of each set's mean difference,
+    with a 95% bootstrap CI over case sets."""
     paired = []
     for (n_cal, target, name), entry in sorted(tally.items()):
         if name != rule:
@@ -182,12 +230,13 @@ def main(argv=None) -> int:
         print(f"referral.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    rows, paired = measure(sets, draws=args.draws, seed=args.seed)
+    rows, paired, coverage_rows, coverage_paired = measure(sets, draws=args.draws, seed=args.seed)
     seconds = round(time.perf_counter() - started, 1)
     command = f"python benchmarks/referral.py --draws {args.draws} --seed {args.seed}"
     write_json(args.out, {"benchmark": "referral", "command": command, **machine(),
                           "sources": list(SOURCES), "draws": args.draws, "seed": args.seed, "seconds": seconds,
-                          "rows": rows, "paired": paired})
+                          "rows": rows, "paired": paired, "coverage_rows": coverage_rows,
+                          "coverage_paired": coverage_paired})
     show_table("referral thresholds for a target accuracy: held-out failures and coverage",
                ("target", "cal cases", "rule", "case sets", "draws", "failure rate", "refers all", "coverage",
                 "best possible", "decided acc. median / 5th pct"),
@@ -199,6 +248,13 @@ def main(argv=None) -> int:
                ("target", "cal cases", "versus", "case sets", "coverage difference"),
                [[f"{p['target']:.2f}", str(p["n_cal"]), p["versus"], str(p["case_sets"]),
                  f"{p['coverage_difference']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]"] for p in paired], left=3)
+    show_table(f"referral for a target coverage ({COVERAGE:.0%}): held-out share decided",
+               ("cal cases", "rule", "case sets", "draws", "share: mean [5th, 95th pct]", "warned",
+                "share when not warned", f"silent shortfall (> {SHORT_BY:.2f})"),
+               [[str(r["n_cal"]), r["rule"], str(r["case_sets"]), str(r["draws"]),
+                 f"{r['mean_share']:.3f} [{r['share_p05']:.3f}, {r['share_p95']:.3f}]", f"{r['warned_rate']:.1%}",
+                 "–" if r["mean_share_unwarned"] is None else f"{r['mean_share_unwarned']:.3f}",
+                 f"{r['silent_shortfall_rate']:.1%}"] for r in coverage_rows], left=2, width=160)
     print(f"wrote {args.out}")
     return 0
 

@@ -66,6 +66,35 @@ def test_plain_thresholds_break_their_promise_and_certified_ones_do_not(bench, t
         assert pair["coverage_difference"] == pytest.approx(mine - theirs, abs=1e-9)  # equal draws per set
     printed = capsys.readouterr().out
     assert "certified" in printed and "fixed sequence" in printed and f"wrote {out}" in printed
+    # The coverage target: here the predicted class's conformal set holds both classes for about a third of
+    # the cases, so deciding 90% is out of reach. Chosen on confidence alone, the threshold decides fewer
+    # than asked without a word; among the one-class sets it decides at least as many and warns.
+    coverage = {(r["n_cal"], r["rule"]): r for r in json.loads(out.read_text())["coverage_rows"]}
+    assert set(coverage) == {(n, rule) for n in (50, 100, 200) for rule in ("confidence only", "one-class sets")}
+    for n_cal in (50, 100, 200):
+        alone, among = coverage[(n_cal, "confidence only")], coverage[(n_cal, "one-class sets")]
+        assert alone["warned_rate"] == 0 and alone["silent_shortfall_rate"] > 0.9 and alone["mean_share"] < 0.8
+        assert among["warned_rate"] > 0.9 and among["silent_shortfall_rate"] < 0.1 and among["draws"] == 3 * 20
+    for pair in json.loads(out.read_text())["coverage_paired"]:
+        assert pair["versus"] == "confidence only" and pair["ci_low"] >= 0  # never fewer decisions, draw by draw
+
+
+def test_a_reachable_coverage_is_kept_on_held_out_cases(bench):
+    """3 classes, a fifth of the cases nearly tied between two classes: enough one-class sets for 90%."""
+    rng = np.random.default_rng(0)
+    sets = []
+    for seed in (0, 1):
+        y = rng.integers(0, 3, 1000)
+        logits = rng.normal(0, 1, (1000, 3))
+        logits[np.arange(1000), y] += rng.uniform(2, 6, 1000)
+        tied, other = rng.random(1000) < 0.2, (y + 1) % 3
+        logits[tied, other[tied]] = logits[tied, y[tied]] + rng.normal(0, 0.3, tied.sum())
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        sets.append({"source": "toy", "row": "toy", "seed": seed, "task": "label", "dataset": "toy",
+                     "probs": probs, "labels": y})
+    _, _, coverage, _ = bench.measure(sets, cal_sizes=(200,), targets=(0.9,), draws=10)
+    among = next(r for r in coverage if r["rule"] == "one-class sets")
+    assert among["warned_rate"] < 0.2 and among["mean_share_unwarned"] == pytest.approx(0.9, abs=0.02)
 
 
 def test_docs_section_shows_every_row_and_how_to_reproduce(bench, tmp_path):
@@ -77,6 +106,11 @@ def test_docs_section_shows_every_row_and_how_to_reproduce(bench, tmp_path):
     assert sum(line.startswith("| 0.90 | 50 | ") for line in lines) == 4 + 2  # 4 rules; 2 paired differences
     assert any(line.startswith("| 0.90 | 50 | binary search | 3 | ") and line.endswith("** |") for line in lines)
     assert any("python benchmarks/referral.py --draws 2 --seed 0" in line for line in lines)
+    assert any(line.startswith("**For a target coverage** (`evaluate` without `--target-accuracy`: decide 90%")
+               for line in lines)
+    assert sum(line.startswith(("| 50 | confidence only | 3 (6) | ", "| 50 | one-class sets | 3 (6) | "))
+               for line in lines) == 2
+    assert sum(line.startswith("| 50 | 3 | +0.0") for line in lines) == 1  # the paired share difference
 
 
 def test_no_stored_predictions_is_a_one_line_error(bench, tmp_path, capsys):

@@ -75,15 +75,18 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
 
 def _coverage_referral(confidence: np.ndarray, correct: np.ndarray, decidable: np.ndarray, target: float) -> dict:
     """The highest threshold deciding at least `target` of all the cases, counting only those with a
-    one-class conformal set. Where fewer have one, every one of them is decided and `reachable` is False."""
+    one-class conformal set. Where fewer have one, the threshold is 0: every case with such a set is
+    decided (here and on new cases), and `reachable` is False."""
     check_target("target_coverage", target)
     needed = max(1, math.ceil(target * len(confidence) - 1e-9))
     if not decidable.any():
         return {"threshold": math.inf, "coverage": 0.0, "accuracy": None, "n_accepted": 0, "n": len(confidence),
                 "reachable": False, "target_accuracy": None, "target_coverage": float(target)}
-    share = min(1.0, needed / int(decidable.sum()))
-    referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=share)
-    return {**referral, "target_coverage": float(target), "reachable": int(decidable.sum()) >= needed}
+    if int(decidable.sum()) < needed:
+        referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=1.0)
+        return {**referral, "threshold": 0.0, "target_coverage": float(target), "reachable": False}
+    referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=needed / decidable.sum())
+    return {**referral, "target_coverage": float(target), "reachable": True}
 
 
 def referral_promise(task: str, referral: dict) -> str | None:
