@@ -39,9 +39,9 @@ import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets
-from dualfuse.evaluation.uncertainty_report import _coverage_referral, calibrate
+from dualfuse.evaluation.uncertainty_report import calibrate
 from dualfuse.uncertainty import selective
-from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_referral_threshold
+from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, choose_coverage_threshold, choose_referral_threshold
 
 SOURCES = ("accuracy_cpu.json", "cv_cpu.json")
 CAL_SIZES = (50, 100, 200, 500, 1000)
@@ -82,7 +82,7 @@ def coverage_thresholds(confidence: np.ndarray, correct: np.ndarray, decidable: 
     """Each coverage rule's threshold on these calibration cases, and whether it warned that the target
     was out of reach."""
     alone = choose_referral_threshold(confidence, correct, target_coverage=COVERAGE)
-    among = _coverage_referral(confidence, correct, decidable, COVERAGE)
+    among = choose_coverage_threshold(confidence, correct, decidable, COVERAGE)
     return {"confidence only": (alone["threshold"], False), "one-class sets": (among["threshold"], not among["reachable"])}
 
 

@@ -15,8 +15,6 @@ how well entropy and mutual information flag it as foreign.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -28,7 +26,7 @@ from dualfuse.uncertainty.ood import ood_report
 from dualfuse.uncertainty.selective import (
     accuracy_at_coverage,
     aurc,
-    check_target,
+    choose_coverage_threshold,
     choose_referral_threshold,
     fewest_cases_to_certify,
 )
@@ -62,7 +60,8 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
     decidable = conformal_sets(probs, {"conformal": conformal}).sum(axis=1) == 1
     if target_accuracy is None:
-        referral = _coverage_referral(confidence, correct, decidable, 0.9 if target_coverage is None else target_coverage)
+        referral = choose_coverage_threshold(confidence, correct, decidable,
+                                             0.9 if target_coverage is None else target_coverage)
     else:
         # With no decidable case every case counts as wrong: nothing can reach the target.
         keep = decidable if decidable.any() else slice(None)
@@ -71,22 +70,6 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
     referral.update(n=len(y), coverage=referral["n_accepted"] / len(y), n_decidable=int(decidable.sum()))
     return {"predictor": predictor.key, "temperature": temperature,
             "referral": {**referral, "confidence": "max_prob"}, "conformal": conformal}
-
-
-def _coverage_referral(confidence: np.ndarray, correct: np.ndarray, decidable: np.ndarray, target: float) -> dict:
-    """The highest threshold deciding at least `target` of all the cases, counting only those with a
-    one-class conformal set. Where fewer have one, the threshold is 0: every case with such a set is
-    decided (here and on new cases), and `reachable` is False."""
-    check_target("target_coverage", target)
-    needed = max(1, math.ceil(target * len(confidence) - 1e-9))
-    if not decidable.any():
-        return {"threshold": math.inf, "coverage": 0.0, "accuracy": None, "n_accepted": 0, "n": len(confidence),
-                "reachable": False, "target_accuracy": None, "target_coverage": float(target)}
-    if int(decidable.sum()) < needed:
-        referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=1.0)
-        return {**referral, "threshold": 0.0, "target_coverage": float(target), "reachable": False}
-    referral = choose_referral_threshold(confidence[decidable], correct[decidable], target_coverage=needed / decidable.sum())
-    return {**referral, "target_coverage": float(target), "reachable": True}
 
 
 def referral_promise(task: str, referral: dict) -> str | None:

@@ -45,7 +45,8 @@ DEFAULT_GUARANTEE = 0.95
 """How sure `evaluate --target-accuracy` is that the accepted cases meet the target."""
 
 __all__ = ["DEFAULT_GUARANTEE", "accuracy_at_coverage", "accuracy_lower_bound", "aurc", "check_target",
-           "choose_referral_threshold", "fewest_cases_to_certify", "refer", "risk_coverage_curve"]
+           "choose_coverage_threshold", "choose_referral_threshold", "fewest_cases_to_certify", "refer",
+           "risk_coverage_curve"]
 
 
 def check_target(name: str, value: Any) -> None:
@@ -202,6 +203,25 @@ def choose_referral_threshold(confidence: Any, correct: Any, target_accuracy: fl
         result.update(threshold=float(thresholds[pick]), coverage=k / n,
                       accuracy=1 - float(errors[pick]) / k, n_accepted=k)
     return result
+
+
+def choose_coverage_threshold(confidence: Any, correct: Any, decidable: Any, target: float) -> dict[str, Any]:
+    """The highest threshold deciding at least `target` of all the cases, counting only the `decidable`
+    ones (those whose conformal set names one class: the others are referred whatever their confidence).
+    Where fewer are decidable, the threshold is 0, so every decidable case is decided (here and on new
+    cases), and ``reachable`` is False. Returns the keys of :func:`choose_referral_threshold`."""
+    check_target("target_coverage", target)
+    conf, ok = _check_inputs(confidence, correct)
+    decidable = np.asarray(decidable, dtype=bool)
+    needed = max(1, math.ceil(target * len(conf) - 1e-9))
+    if not decidable.any():
+        return {"threshold": math.inf, "coverage": 0.0, "accuracy": None, "n_accepted": 0, "n": len(conf),
+                "reachable": False, "target_accuracy": None, "target_coverage": float(target)}
+    enough = int(decidable.sum()) >= needed
+    share = needed / decidable.sum() if enough else 1.0
+    referral = choose_referral_threshold(conf[decidable], ok[decidable], target_coverage=share)
+    return {**referral, "threshold": referral["threshold"] if enough else 0.0, "target_coverage": float(target),
+            "reachable": enough}
 
 
 def accuracy_at_coverage(confidence: Any, correct: Any,
