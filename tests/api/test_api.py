@@ -245,3 +245,16 @@ def test_predict_with_another_predictor_uses_its_own_calibration(calibrated_smal
     refitted = json.loads((run / "model" / "uncertainty.json").read_text())["predictors"]
     assert "1x5" in refitted and refitted["1x5"]["label"]["temperature"] != stored["predictors"]["1x3"]["label"][
         "temperature"]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda path: dualfuse.api.evaluate(path, alpha=0), r"^alpha must be a number strictly between 0 and 1, got 0$"),
+    (lambda path: dualfuse.api.evaluate(path, alpha=True), r"^alpha must be a number strictly between 0 and 1"),
+    (lambda path: dualfuse.api.evaluate(path, target_accuracy=1.5), r"^target_accuracy must be a number in \(0, 1\]"),
+    (lambda path: dualfuse.api.report(path, alpha=1.0), r"^alpha must be a number strictly between 0 and 1, got 1.0$"),
+])
+def test_bad_uncertainty_settings_are_refused_before_the_model_is_opened(tmp_path, call, match):
+    """A miscoverage or target out of range names itself, not the run folder, which is never opened:
+    the folder here does not even exist, so any later check would fail with a different message."""
+    with pytest.raises(ValueError, match=match):
+        call(tmp_path / "no_such_run")

@@ -30,6 +30,7 @@ from dualfuse.evaluation.predictions import Predictions, Predictor, cases_frame,
 from dualfuse.evaluation.summary import has_patient_ids, split_metrics
 from dualfuse.evaluation.uncertainty_report import compare_predictors, predictors_of, task_report
 from dualfuse.models.spec import ModelSpec
+from dualfuse.uncertainty.conformal import check_alpha
 from dualfuse.uncertainty.selective import DEFAULT_GUARANTEE, check_target
 from dualfuse.uncertainty.tta import TTAConfig
 
@@ -88,6 +89,10 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     beside the model for `predict`. Writes
     `metrics.json` and `predictions.csv` to `output` (default: `RUN_DIR/evaluation`).
     """
+    for name, target in (("target_accuracy", target_accuracy), ("target_coverage", target_coverage)):
+        if target is not None:  # before the model is loaded or any prediction made, not after
+            check_target(name, target)
+    check_alpha(alpha)
     loaded = load_model(checkpoint, expected_model=config.model.name if config else None)
     spec, run = loaded.spec, loaded.run
     members = loaded.members + [load_model(p, expected_model=spec.name, with_members=False).model
@@ -101,9 +106,6 @@ def evaluate(checkpoint: str | Path, config: RunConfig | None = None, splits: li
     data = run.datamodule(spec, config) if run else RunFolder.datamodule_for(spec, config)
     if tta < 1:
         raise ValueError(f"--tta must be at least 1 (1: no test-time augmentation), got {tta}")
-    for name, target in (("target_accuracy", target_accuracy), ("target_coverage", target_coverage)):
-        if target is not None:  # before any prediction is made, not after
-            check_target(name, target)
     partners = _partners(spec, partners, tta, ood)
     augment = config.data.augment or {}
     tta_config = TTAConfig(views=tta, translate=float(augment.get("translate", 0.05)),

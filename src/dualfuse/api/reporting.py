@@ -16,6 +16,7 @@ from dualfuse.evaluation.predictions import Predictor, predict_loader
 from dualfuse.evaluation.uncertainty_report import calibrate
 from dualfuse.report.content import build_report
 from dualfuse.report.html import write_html
+from dualfuse.uncertainty.conformal import check_alpha
 
 
 def report(run_dir: str | Path, mc_samples: int | None = None, gallery_size: int = 6, cam_method: str = "gradcam",
@@ -25,6 +26,7 @@ def report(run_dir: str | Path, mc_samples: int | None = None, gallery_size: int
     Nothing is written until every figure has been computed, so a failed run never leaves a broken
     report behind.
     """
+    check_alpha(alpha)  # before minutes of prediction, not after
     run = RunFolder(run_dir).require_finished()
     config = run.config()
     loaded = load_model(run.path)

@@ -34,18 +34,23 @@ from scipy.stats import binomtest
 
 from dualfuse.validation import check_labels, check_probs, to_numpy
 
-__all__ = ["SCORES", "conformal_report", "conformal_scores", "conformal_threshold",
+__all__ = ["SCORES", "check_alpha", "conformal_report", "conformal_scores", "conformal_threshold",
            "prediction_sets"]
 
 SCORES = ("lac", "aps")
 
 
+def check_alpha(alpha: Any) -> None:
+    """The miscoverage is a fraction strictly between 0 and 1 (0 would make every set every class)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
+
+
 def _check_options(score: str, alpha: float | None = None) -> None:
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if alpha is not None and not (isinstance(alpha, (int, float, np.floating))
-                                  and not isinstance(alpha, bool) and 0 < alpha < 1):
-        raise ValueError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
+    if alpha is not None:
+        check_alpha(alpha)
 
 
 def _all_scores(p: np.ndarray, score: str, randomized: bool, seed: Any) -> np.ndarray:
