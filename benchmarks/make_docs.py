@@ -810,8 +810,9 @@ def pretrain_section(runs: list[dict]) -> list[str]:
                      for auc in r.get("val_auc", {}).values()]
             strength = (f"; its heads' val AUC median {statistics.median(heads):.2f} ({min(heads):.2f}–{max(heads):.2f})"
                         if heads else "")
+            cycled = ", the smaller sets cycled to the largest one's length" if pre.get("zip_length") == "max" else ""
             lines.append(f"| {DATASET_NAMES.get(entry['heldout'], entry['heldout'])} | {entry['trunk']} | {seen} | "
-                         f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each{strength} | "
+                         f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each{cycled}{strength} | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
                          f"{format_difference(entry)} | **{entry['verdict']}** |")
         lines += ["", *pretrain_verdicts(run["summary"])]

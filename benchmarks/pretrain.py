@@ -48,7 +48,10 @@ from paired import (  # noqa: E402
     verdict,
 )
 
-TRUNKS = {"resnet18": "configs/pretrain/resnet18.yaml", "dcat": "configs/pretrain/dcat.yaml"}
+# Each trunk's pretraining config files, later ones laid over earlier ones (as `dualfuse train --config
+# A --config B` does); the first names every dataset.
+TRUNKS = {"resnet18": ("configs/pretrain/resnet18.yaml",), "dcat": ("configs/pretrain/dcat.yaml",),
+          "resnet18_longer": ("configs/pretrain/resnet18.yaml", "configs/pretrain/longer.yaml")}
 ARMS = ("pretrain", "scratch", "finetune")
 PHASES = ("pretrain", "target")  # --set PHASE.KEY=VALUE: only pretraining, or only the runs on X
 SECTIONS = ("data", "train", "eval")
@@ -69,10 +72,18 @@ def load_trunk_config(trunk: str) -> dict:
     """The pretraining config of `trunk` as plain YAML (its sources are every dataset of the benchmark)."""
     if trunk not in TRUNKS:
         raise BenchmarkError(f"unknown trunk {trunk!r}; choose from {', '.join(TRUNKS)}")
-    config = yaml.safe_load((REPO_ROOT / TRUNKS[trunk]).read_text())
+    from dualfuse.config import deep_merge
+
+    config: dict = {}
+    for path in TRUNKS[trunk]:
+        config = deep_merge(config, yaml.safe_load((REPO_ROOT / path).read_text()))
     if config["model"]["name"] != "multitask" or config["data"].get("mode") != "zip":
-        raise BenchmarkError(f"{TRUNKS[trunk]}: expected a multitask model in zip mode")
+        raise BenchmarkError(f"{' + '.join(TRUNKS[trunk])}: expected a multitask model in zip mode")
     return config
+
+
+def _configs(trunk: str) -> list[str]:
+    return [arg for path in TRUNKS[trunk] for arg in ("--config", str(REPO_ROOT / path))]
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
@@ -87,7 +98,7 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
         phase, key = (phase, rest) if phase in PHASES else ("all", key)
         if key.split(".")[0] not in SECTIONS or "." not in key:
             raise BenchmarkError(f"--set {item!r}: only {', '.join(s + '.*' for s in SECTIONS)} keys (optionally after "
-                                 f"{' or '.join(p + '.' for p in PHASES)}); the models are set by {', '.join(TRUNKS.values())}")
+                                 f"{' or '.join(p + '.' for p in PHASES)}); the models are set by configs/pretrain/")
         sets[phase][key] = value
     return sets
 
@@ -115,7 +126,7 @@ def pretrain_datasets(config: dict, heldout: str) -> list[str]:
 def pretrain_argv(trunk: str, config: dict, heldout: str, seed: int, run_dir: Path, sets: dict) -> list[str]:
     """`dualfuse train` arguments of the pretraining run without `heldout`."""
     sources = {name: config["data"]["sources"][name] for name in pretrain_datasets(config, heldout)}
-    return ["--config", str(REPO_ROOT / TRUNKS[trunk]), "--data.sources", json.dumps(sources),
+    return [*_configs(trunk), "--data.sources", json.dumps(sources),
             *_overrides({**sets["all"], **sets["pretrain"]}), *_tail(seed, run_dir)]
 
 
@@ -126,7 +137,7 @@ def target_argv(trunk: str, config: dict, heldout: str, seed: int, run_dir: Path
     source = config["data"]["sources"][heldout]
     model = config["model"]["kwargs"]
     kwargs = {**model.get("trunk_kwargs", {}), "in_chans": source.get("channels") or 3, "pretrained": False}
-    argv = ["--config", str(REPO_ROOT / TRUNKS[trunk]), "--model.name", model.get("trunk", "timm_classifier"),
+    argv = [*_configs(trunk), "--model.name", model.get("trunk", "timm_classifier"),
             "--model.kwargs", json.dumps(kwargs), "--data.sources", json.dumps({heldout: source}),
             *_overrides({**TARGET, **sets["all"], **sets["target"]})]
     if init_from is not None:
@@ -255,7 +266,7 @@ def run_cell(trunk: str, heldout: str, seed: int, args: argparse.Namespace, sets
 
     records = [{**_record("pretrain", trunk, heldout, seed, argvs["pretrain"], pre, pre_config),
                 "datasets": datasets, "source_px": {name: SOURCE_PX.get(name) for name in datasets},
-                "in_chans": pre_config.model.kwargs.get("in_chans", 3),
+                "in_chans": pre_config.model.kwargs.get("in_chans", 3), "zip_length": pre_config.data.zip_length,
                 "val_auc": {task: splits["val"]["roc_auc"]["value"] for task, splits in pre["tasks"].items()
                             if "val" in splits}}]
     for arm, summary, run_config in (("scratch", scratch, scratch_config), ("finetune", finetune, finetune_config)):

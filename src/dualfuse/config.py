@@ -179,10 +179,11 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _deep_merge(base: dict, overlay: dict) -> dict:
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`overlay` laid over `base`: nested mappings merge key by key, anything else is replaced."""
     merged = dict(base)
     for key, value in overlay.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 
@@ -221,7 +222,7 @@ def merge_config_files(argv: list[str]) -> list[str]:
                 raise ConfigError(f"config: {path}: expected a mapping of sections, got {type(content).__name__}")
             if merged is None:
                 position = len(rest)
-            merged = _deep_merge(_drop_kwargs_of_other_model(merged or {}, content), content)
+            merged = deep_merge(_drop_kwargs_of_other_model(merged or {}, content), content)
             continue
         rest.append(arg)
         i += 1

@@ -268,6 +268,12 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
             "(1 win(s), 0 tie(s), 0 loss(es)). Not held out yet: PneumoniaMNIST, BreastMNIST, Brain tumor MRI "
             "(4 classes), Lung CT IQ-OTH/NCCD (3 classes), HAM10000 dermoscopy (7 classes), Herlev pap smear "
             "(7 classes).") in text
+    # A trunk pretrained with zip_length max (configs/pretrain/longer.yaml) says its smaller sets were cycled.
+    records[0] |= {"zip_length": "max", "max_train_cases": 1000}
+    (tmp_path / "pretrain_cpu.json").write_text(json.dumps({"records": records, "summary": summary}))
+    text = make_docs.pretrain_section(make_docs.load_pretrain(tmp_path))
+    assert ("; 6 epochs, ≤ 1000 images each, the smaller sets cycled to the largest one's length; its heads' val AUC"
+            in "\n".join(text))
 
 
 def test_pretraining_verdicts_name_where_pretraining_does_not_beat_scratch():

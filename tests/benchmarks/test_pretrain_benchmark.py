@@ -54,6 +54,26 @@ def test_scratch_and_finetune_differ_only_in_their_start(bench, tmp_path, trunk,
     assert finetune == scratch
 
 
+def test_the_longer_trunk_differs_from_its_base_only_in_pretraining(bench, tmp_path):
+    """resnet18_longer = pretrain/resnet18.yaml + pretrain/longer.yaml: more images and epochs for the
+    trunk, the same sets, and runs on the held-out set identical to resnet18's (only the start differs)."""
+    base, longer = bench.load_trunk_config("resnet18"), bench.load_trunk_config("resnet18_longer")
+    assert longer["data"]["sources"] == base["data"]["sources"] and longer["model"] == base["model"]
+    sets = bench.parse_sets([])
+    pre = {trunk: _parse(bench.pretrain_argv(trunk, config, "tb", 0, tmp_path / "pre", sets))
+           for trunk, config in (("resnet18", base), ("resnet18_longer", longer))}
+    assert (pre["resnet18"].train.epochs, pre["resnet18"].data.max_train_cases, pre["resnet18"].data.zip_length) == (6, 600, "min")
+    assert (pre["resnet18_longer"].train.epochs, pre["resnet18_longer"].data.max_train_cases,
+            pre["resnet18_longer"].data.zip_length) == (10, 1000, "max")
+    pre["resnet18_longer"].train.epochs, pre["resnet18_longer"].data.max_train_cases = 6, 600
+    pre["resnet18_longer"].data.zip_length = "min"
+    assert pre["resnet18_longer"] == pre["resnet18"]
+    target = {trunk: _parse(bench.target_argv(trunk, config, "tb", 0, tmp_path / "out", sets))
+              for trunk, config in (("resnet18", base), ("resnet18_longer", longer))}
+    target["resnet18_longer"].data.zip_length = "min"  # read only in zip mode; these runs are single
+    assert target["resnet18_longer"] == target["resnet18"]
+
+
 @pytest.mark.parametrize(("items", "message"), [
     (["epochs"], "KEY=VALUE"), (["model.kwargs.drop_rate=0.2"], "only data.*, train.*, eval.*"),
     (["target.epochs=2"], "only data"), (["pretrain.model.name=dcat"], "only data")])
