@@ -778,6 +778,14 @@ def pretrain_verdicts(summary: list[dict]) -> list[str]:
     return lines
 
 
+def variant_lines(variants: list[dict]) -> list[str]:
+    """A trunk with a larger pretraining budget against its base, both fine-tuned on the same test cases."""
+    return [f"- **{v['variant']}** against **{v['base']}**, both fine-tuned on {DATASET_NAMES.get(v['heldout'], v['heldout'])} "
+            f"(seeds {', '.join(map(str, v['seeds']))}, the same test cases; bootstrap over {v['bootstrap_over']}): "
+            f"AUC {v['variant_auc']:.3f} against {v['base_auc']:.3f}, ΔAUC {format_difference(v)} **{v['verdict']}**."
+            for v in variants]
+
+
 def pretrain_section(runs: list[dict]) -> list[str]:
     """Leave one dataset out: fine-tuned from an in-domain multitask trunk minus scratch, paired."""
     lines = ["## In-domain pretraining: does it beat scratch? (leave one dataset out)", "",
@@ -815,7 +823,7 @@ def pretrain_section(runs: list[dict]) -> list[str]:
                          f"{sets}; {pre['epochs_trained']} epochs, ≤ {pre['max_train_cases']} images each{cycled}{strength} | "
                          f"{', '.join(map(str, entry['seeds']))} | {entry['scratch_auc']:.3f} | {entry['finetune_auc']:.3f} | "
                          f"{format_difference(entry)} | **{entry['verdict']}** |")
-        lines += ["", *pretrain_verdicts(run["summary"])]
+        lines += ["", *pretrain_verdicts(run["summary"]), *variant_lines(run.get("variants", []))]
         # One line per trunk and machine: trunks measured in different sessions ran on different CPUs and threads.
         machines = {(r["trunk"], r["device_name"], r["torch"]): r["command"] for r in reversed(records)}
         lines.append("")

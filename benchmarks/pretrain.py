@@ -52,6 +52,8 @@ from paired import (  # noqa: E402
 # A --config B` does); the first names every dataset.
 TRUNKS = {"resnet18": ("configs/pretrain/resnet18.yaml",), "dcat": ("configs/pretrain/dcat.yaml",),
           "resnet18_longer": ("configs/pretrain/resnet18.yaml", "configs/pretrain/longer.yaml")}
+# A trunk that differs from another only in its pretraining budget: fine-tuned from each, paired.
+VARIANT_OF = {"resnet18_longer": "resnet18"}
 ARMS = ("pretrain", "scratch", "finetune")
 PHASES = ("pretrain", "target")  # --set PHASE.KEY=VALUE: only pretraining, or only the runs on X
 SECTIONS = ("data", "train", "eval")
@@ -221,6 +223,39 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]
     return out
 
 
+def compare_variants(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
+    """Per held-out dataset where a trunk and its variant (`VARIANT_OF`) were both fine-tuned with the
+    same seeds: the paired difference fine-tuned-from-variant minus fine-tuned-from-base on the same
+    test cases, pooled over those seeds. Does the larger pretraining budget buy anything?"""
+    finetuned = {(r["heldout"], r["trunk"], r["seed"]): r for r in records if r["arm"] == "finetune"}
+    out = []
+    for variant, base in VARIANT_OF.items():
+        for heldout in dict.fromkeys(x for x, t, _ in finetuned if t == variant):
+            seeds = sorted(s for x, t, s in finetuned if (x, t) == (heldout, variant) and (heldout, base, s) in finetuned)
+            if not seeds:
+                continue
+            pairs, groups = [], []
+            for seed in seeds:
+                a, b, group = align(finetuned[(heldout, variant, seed)]["per_case"],
+                                    finetuned[(heldout, base, seed)]["per_case"], f"{heldout} {variant} seed {seed}")
+                pairs.append((a, b))
+                groups.append(group)
+            by_patient = all(g is not None for g in groups)
+            difference = paired_bootstrap(pairs, _auc, n_bootstrap, groups=groups if by_patient else None)
+            out.append({"heldout": heldout, "variant": variant, "base": base, "seeds": seeds,
+                        "variant_auc": float(np.mean([_auc(a) for a, _ in pairs])),
+                        "base_auc": float(np.mean([_auc(b) for _, b in pairs])),
+                        **{key: difference[key] for key in ("delta", "ci_low", "ci_high")}, "verdict": verdict(difference),
+                        "bootstrap_over": "patients" if by_patient else "cases"})
+    return out
+
+
+def results(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """What --out holds: every record, the verdicts against scratch, and the trunk variants compared."""
+    return {"benchmark": "pretrain", "records": records, "summary": summarise(records, n_bootstrap),
+            "variants": compare_variants(records, n_bootstrap)}
+
+
 def reproduce_command(trunk: str, heldout: str, seed: int, sets: list[str]) -> str:
     command = ["python", "benchmarks/pretrain.py", "--heldout", heldout, "--trunks", trunk, "--seeds", str(seed)]
     if sets:
@@ -300,11 +335,11 @@ def record_key(record: dict) -> tuple:
 
 
 def print_table(summary: list[dict]) -> None:
-    print(f"{'held out':<16}{'trunk':<10}{'seeds':>6}{'scratch':>9}{'finetune':>10}{'difference [95% CI]':>28}"
+    print(f"{'held out':<16}{'trunk':<17}{'seeds':>6}{'scratch':>9}{'finetune':>10}{'difference [95% CI]':>28}"
           f"{'verdict':>9}  pretrained on")
     for e in summary:
         ci = format_difference(e)
-        print(f"{e['heldout']:<16}{e['trunk']:<10}{len(e['seeds']):>6}{e['scratch_auc']:>9.3f}{e['finetune_auc']:>10.3f}"
+        print(f"{e['heldout']:<16}{e['trunk']:<17}{len(e['seeds']):>6}{e['scratch_auc']:>9.3f}{e['finetune_auc']:>10.3f}"
               f"{ci:>28}{e['verdict']:>9}  {len(e['pretrained_on'])} sets, {e['img_size']} px")
 
 
@@ -390,13 +425,13 @@ def main(argv=None) -> int:
             print(f"pretrain.py: {x} {trunk} seed {seed} failed: {' '.join(str(error).split())}", file=sys.stderr)
             continue
         records = merge_records(read_json(args.out, {"records": []})["records"], new, record_key)
-        write_json(args.out, {"benchmark": "pretrain", "records": records, "summary": summarise(records, args.n_bootstrap)})
+        write_json(args.out, results(records, args.n_bootstrap))
         print(f"{x} {trunk} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     records = read_json(args.out, {"records": []})["records"]
-    summary = summarise(records, args.n_bootstrap)
-    if summary:
-        write_json(args.out, {"benchmark": "pretrain", "records": records, "summary": summary})
-        print_table(summary)
+    if records:
+        written = results(records, args.n_bootstrap)
+        write_json(args.out, written)
+        print_table(written["summary"])
     return 1 if failures else 0
 
 

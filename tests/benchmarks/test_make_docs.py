@@ -274,6 +274,14 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
     text = make_docs.pretrain_section(make_docs.load_pretrain(tmp_path))
     assert ("; 6 epochs, ≤ 1000 images each, the smaller sets cycled to the largest one's length; its heads' val AUC"
             in "\n".join(text))
+    variants = [{"heldout": "tb", "variant": "resnet18_longer", "base": "resnet18", "seeds": [0, 1], "variant_auc": 0.87,
+                 "base_auc": 0.85, "delta": 0.02, "ci_low": -0.01, "ci_high": 0.05, "verdict": "tie",
+                 "bootstrap_over": "patients"}]
+    (tmp_path / "pretrain_cpu.json").write_text(json.dumps({"records": records, "summary": summary, "variants": variants}))
+    text = make_docs.pretrain_section(make_docs.load_pretrain(tmp_path))
+    assert ("- **resnet18_longer** against **resnet18**, both fine-tuned on TB chest X-ray (Shenzhen + Montgomery) "
+            "(seeds 0, 1, the same test cases; bootstrap over patients): AUC 0.870 against 0.850, "
+            "ΔAUC +0.020 [-0.010, +0.050] **tie**.") in text
 
 
 def test_pretraining_verdicts_name_where_pretraining_does_not_beat_scratch():

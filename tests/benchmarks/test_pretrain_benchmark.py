@@ -111,6 +111,38 @@ def test_summary_says_win_only_when_the_paired_ci_excludes_zero(bench):
     assert worse["verdict"] == "loss"
 
 
+def _variant_records(rng, variant_noise: float, base_noise: float) -> list[dict]:
+    """The base trunk's three arms per seed (_records) and its variant's, on the same test cases."""
+    records = []
+    for seed in (0, 1, 2):
+        labels = rng.integers(0, 2, 200)
+        for trunk, noise in (("resnet18", base_noise), ("resnet18_longer", variant_noise)):
+            for arm in ("scratch", "finetune"):
+                scores = np.clip(labels * 0.5 + 0.25 + rng.normal(0, noise if arm == "finetune" else 0.3, 200), 0, 1)
+                records.append({"heldout": "tb", "trunk": trunk, "arm": arm, "seed": seed, "img_size": 64,
+                                "source_px": {"tb": 128}, "pretrained_on": ["pneumoniamnist"] if arm == "finetune" else [],
+                                "per_case": _per_case(labels, scores)})
+    return records
+
+
+def test_a_variant_trunk_is_compared_with_its_base_fine_tuned_on_the_same_cases(bench):
+    rng = np.random.default_rng(1)
+    (better,) = bench.compare_variants(_variant_records(rng, 0.1, 0.4), n_bootstrap=200)
+    assert (better["variant"], better["base"], better["heldout"], better["seeds"]) == ("resnet18_longer", "resnet18",
+                                                                                       "tb", [0, 1, 2])
+    assert better["verdict"] == "win" and better["variant_auc"] > better["base_auc"]
+    assert better["bootstrap_over"] == "patients"
+    (worse,) = bench.compare_variants(_variant_records(rng, 0.4, 0.1), n_bootstrap=200)
+    assert worse["verdict"] == "loss"
+    (same,) = bench.compare_variants(_variant_records(rng, 0.3, 0.3), n_bootstrap=200)
+    assert same["verdict"] == "tie"
+    # Only seeds both trunks were fine-tuned with are paired; no base, no comparison.
+    records = [r for r in _variant_records(rng, 0.1, 0.4) if not (r["trunk"] == "resnet18" and r["seed"] == 2)]
+    assert bench.compare_variants(records, n_bootstrap=50)[0]["seeds"] == [0, 1]
+    assert bench.compare_variants([r for r in records if r["trunk"] != "resnet18"], n_bootstrap=50) == []
+    assert bench.results(records, n_bootstrap=50)["variants"][0]["seeds"] == [0, 1]
+
+
 def test_arms_are_paired_by_case_id_and_must_score_the_same_cases(bench):
     labels, probs = [0, 1, 1, 0], [0.1, 0.9, 0.6, 0.3]
     scratch = _per_case(labels, probs)
