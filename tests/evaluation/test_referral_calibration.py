@@ -91,3 +91,21 @@ def test_a_coverage_beyond_the_one_class_sets_decides_all_of_them_and_warns():
                         "or lower --target-coverage"]
     nothing = calibrate(_ambiguous_predictions(n=200), "label", Predictor(1, 0), target_coverage=0.9, alpha=0.001)
     assert nothing["referral"]["threshold"] == float("inf") and nothing["referral"]["n_accepted"] == 0
+
+
+@pytest.mark.parametrize(("n", "alpha", "needed", "at_least"), [(8, 0.1, 9, "0.112"), (2, 0.3, 3, "0.334")])
+def test_too_few_calibration_cases_for_the_conformal_level_say_so(n, alpha, needed, at_least):
+    """alpha < 1 / (n + 1): every conformal set holds every class and every case is referred; the warning
+    names the cause (too few cases) and the smallest alpha that works, rounded up so that it does."""
+    predictions = _ambiguous_predictions(n=n)
+    for target in ({"target_coverage": 0.9}, {"target_accuracy": 0.9, "guarantee": 0.95}):
+        stored = calibrate(predictions, "label", Predictor(1, 0), alpha=alpha, **target)
+        assert stored["conformal"]["lac"]["qhat"] == float("inf") and stored["referral"]["n_accepted"] == 0
+        warnings = task_report({"val": predictions}, "label", stored, alpha=alpha)["warnings"]
+        assert warnings == [f"the {n} val cases are too few for {1 - alpha:.0%} conformal sets (it takes at least "
+                            f"{needed}): every set names every class, so every case is referred: calibrate on more "
+                            f"cases, or raise --alpha to at least {at_least}"]
+        raised = calibrate(predictions, "label", Predictor(1, 0), alpha=float(at_least), **target)
+        assert raised["conformal"]["lac"]["qhat"] < float("inf")
+    enough = calibrate(_ambiguous_predictions(n=needed), "label", Predictor(1, 0), alpha=alpha, target_coverage=0.9)
+    assert enough["conformal"]["lac"]["qhat"] < float("inf")  # `needed` cases are enough

@@ -15,6 +15,8 @@ how well entropy and mutual information flag it as foreign.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -179,7 +181,13 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
         report["measures"][split] = _measure_summary(view, task)
         report["referral"][split] = _referral(probs, y, stored)
     referral = stored["referral"]
-    if referral.get("target_accuracy") and not referral.get("reachable", True):
+    if math.isinf(stored["conformal"]["lac"]["qhat"]):
+        # alpha < 1 / (n + 1): the split cannot support sets this sure, so each holds every class.
+        report["warnings"].append(
+            f"the {referral['n']} {cal_split} cases are too few for {1 - alpha:.0%} conformal sets (it takes at least "
+            f"{math.ceil(round(1 / alpha, 9)) - 1}): every set names every class, so every case is referred: "
+            f"calibrate on more cases, or raise --alpha to at least {math.ceil(1000 / (referral['n'] + 1)) / 1000:.3f}")
+    elif referral.get("target_accuracy") and not referral.get("reachable", True):
         sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
         fewest = (f" (it takes at least {fewest_cases_to_certify(referral['target_accuracy'], referral['guarantee'])}"
                   " decided cases, all right)") if sure and referral["target_accuracy"] < 1 else ""
