@@ -193,6 +193,23 @@ def _auc(cases: dict) -> float:
     return macro_auroc(cases["probs"], cases["label"])
 
 
+def paired_auc(cells: list[tuple[dict, dict, str]], n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """Mean AUC of each side over seeds and the paired difference first - second, CI and verdict, from
+    `(first per_case, second per_case, where)` per seed; the bootstrap resamples patients where every
+    seed's cases have them."""
+    pairs, groups = [], []
+    for first, second, where in cells:
+        a, b, group = align(first, second, where)
+        pairs.append((a, b))
+        groups.append(group)
+    by_patient = all(g is not None for g in groups)
+    difference = paired_bootstrap(pairs, _auc, n_bootstrap, groups=groups if by_patient else None)
+    return {"first_auc": float(np.mean([_auc(a) for a, _ in pairs])),
+            "second_auc": float(np.mean([_auc(b) for _, b in pairs])), "n_test": len(pairs[0][1]["label"]),
+            **{key: difference[key] for key in ("delta", "ci_low", "ci_high")}, "verdict": verdict(difference),
+            "bootstrap_over": "patients" if by_patient else "cases"}
+
+
 def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
     """Per (held-out dataset, trunk) with both target arms: mean AUCs over seeds and the paired
     difference finetune - scratch with its CI and verdict."""
@@ -204,20 +221,13 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]
                        and (heldout, trunk, "scratch", s) in by_key)
         if not seeds:
             continue
-        pairs, groups = [], []
-        for seed in seeds:
-            a, b, group = align(by_key[(heldout, trunk, "finetune", seed)]["per_case"],
-                                by_key[(heldout, trunk, "scratch", seed)]["per_case"], f"{heldout} {trunk} seed {seed}")
-            pairs.append((a, b))
-            groups.append(group)
-        difference = paired_bootstrap(pairs, _auc, n_bootstrap, groups=groups if all(g is not None for g in groups)
-                                      else None)
+        paired = paired_auc([(by_key[(heldout, trunk, "finetune", seed)]["per_case"],
+                              by_key[(heldout, trunk, "scratch", seed)]["per_case"], f"{heldout} {trunk} seed {seed}")
+                             for seed in seeds], n_bootstrap)
         first = by_key[(heldout, trunk, "finetune", seeds[0])]
-        out.append({"heldout": heldout, "trunk": trunk, "seeds": seeds, "n_test": len(pairs[0][1]["label"]),
-                    "scratch_auc": float(np.mean([_auc(b) for _, b in pairs])),
-                    "finetune_auc": float(np.mean([_auc(a) for a, _ in pairs])),
-                    **{key: difference[key] for key in ("delta", "ci_low", "ci_high")}, "verdict": verdict(difference),
-                    "bootstrap_over": "patients" if all(g is not None for g in groups) else "cases",
+        out.append({"heldout": heldout, "trunk": trunk, "seeds": seeds, "n_test": paired["n_test"],
+                    "scratch_auc": paired["second_auc"], "finetune_auc": paired["first_auc"],
+                    **{key: paired[key] for key in ("delta", "ci_low", "ci_high", "verdict", "bootstrap_over")},
                     "pretrained_on": first["pretrained_on"], "source_px": first["source_px"],
                     "img_size": first["img_size"]})
     return out
@@ -234,19 +244,12 @@ def compare_variants(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> lis
             seeds = sorted(s for x, t, s in finetuned if (x, t) == (heldout, variant) and (heldout, base, s) in finetuned)
             if not seeds:
                 continue
-            pairs, groups = [], []
-            for seed in seeds:
-                a, b, group = align(finetuned[(heldout, variant, seed)]["per_case"],
-                                    finetuned[(heldout, base, seed)]["per_case"], f"{heldout} {variant} seed {seed}")
-                pairs.append((a, b))
-                groups.append(group)
-            by_patient = all(g is not None for g in groups)
-            difference = paired_bootstrap(pairs, _auc, n_bootstrap, groups=groups if by_patient else None)
+            paired = paired_auc([(finetuned[(heldout, variant, seed)]["per_case"],
+                                  finetuned[(heldout, base, seed)]["per_case"], f"{heldout} {variant} seed {seed}")
+                                 for seed in seeds], n_bootstrap)
             out.append({"heldout": heldout, "variant": variant, "base": base, "seeds": seeds,
-                        "variant_auc": float(np.mean([_auc(a) for a, _ in pairs])),
-                        "base_auc": float(np.mean([_auc(b) for _, b in pairs])),
-                        **{key: difference[key] for key in ("delta", "ci_low", "ci_high")}, "verdict": verdict(difference),
-                        "bootstrap_over": "patients" if by_patient else "cases"})
+                        "variant_auc": paired["first_auc"], "base_auc": paired["second_auc"],
+                        **{key: paired[key] for key in ("delta", "ci_low", "ci_high", "verdict", "bootstrap_over")}})
     return out
 
 
