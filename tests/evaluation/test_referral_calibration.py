@@ -109,3 +109,20 @@ def test_too_few_calibration_cases_for_the_conformal_level_say_so(n, alpha, need
         assert raised["conformal"]["lac"]["qhat"] < float("inf")
     enough = calibrate(_ambiguous_predictions(n=needed), "label", Predictor(1, 0), alpha=alpha, target_coverage=0.9)
     assert enough["conformal"]["lac"]["qhat"] < float("inf")  # `needed` cases are enough
+
+
+def test_a_small_calibration_split_says_how_far_its_conformal_coverage_may_swing():
+    """50 cases: the 90% sets of one such split cover between .83 and .96 of new cases (90% of draws);
+    600 cases: within 5 points of 90%, no warning, the spread still stored."""
+    small = _ambiguous_predictions(n=50)
+    stored = calibrate(small, "label", Predictor(1, 0), alpha=0.1, target_coverage=0.5)
+    report = task_report({"val": small}, "label", stored, alpha=0.1)
+    assert report["conformal_spread"] == {"n_cal": 50, "level": 0.9, "low": pytest.approx(0.826, abs=1e-3),
+                                          "high": pytest.approx(0.960, abs=1e-3)}
+    assert report["warnings"][0] == ("with 50 val cases the 90% conformal sets cover between 0.83 and 0.96 of new "
+                                     "cases (90% of calibration draws; 90% only on average over them): calibrate on "
+                                     "at least 110 cases for sets that cover at least 0.85")
+    large = _ambiguous_predictions(n=600)
+    stored = calibrate(large, "label", Predictor(1, 0), alpha=0.1, target_coverage=0.5)
+    report = task_report({"val": large}, "label", stored, alpha=0.1)
+    assert report["warnings"] == [] and report["conformal_spread"]["low"] > 0.85

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dualfuse.uncertainty import conformal_report, conformal_scores, conformal_threshold, prediction_sets
+from dualfuse.uncertainty.conformal import coverage_spread, fewest_cases_for_coverage
 
 PROBS = np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [0.25, 0.25, 0.5]])
 
@@ -104,3 +105,24 @@ def test_bad_inputs_raise_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_coverage_spread_is_where_one_calibration_sets_coverage_lands():
+    """Uniform scores: the coverage of the sets calibrated on one draw of n cases is P(s <= qhat) = qhat;
+    over 4000 draws its 5th and 95th percentiles are the Beta quantiles coverage_spread gives."""
+    rng = np.random.default_rng(0)
+    n, alpha = 50, 0.1
+    probs_of_true = rng.random((4000, n))
+    covered = [conformal_threshold(np.c_[p, 1 - p], np.zeros(n, int), alpha) for p in probs_of_true]  # P(1 - p <= qhat)
+    low, high = coverage_spread(n, alpha)
+    assert np.quantile(covered, 0.05) == pytest.approx(low, abs=0.01)
+    assert np.quantile(covered, 0.95) == pytest.approx(high, abs=0.01)
+    assert low < 1 - alpha < high and coverage_spread(8, alpha) == (1.0, 1.0)  # 8 < 9: qhat infinite
+    assert coverage_spread(1000, alpha)[0] > coverage_spread(100, alpha)[0]
+
+
+def test_fewest_cases_for_coverage_is_where_the_low_end_stays_above_the_slack():
+    needed = fewest_cases_for_coverage(0.1, slack=0.05)
+    assert needed == 110
+    assert coverage_spread(needed - 1, 0.1)[0] < 0.85
+    assert all(coverage_spread(n, 0.1)[0] >= 0.85 for n in range(needed, needed + 300))

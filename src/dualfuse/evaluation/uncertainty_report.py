@@ -22,7 +22,13 @@ from sklearn.metrics import roc_auc_score
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags, softmax
 from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
-from dualfuse.uncertainty.conformal import binomial_ci, conformal_report, conformal_threshold
+from dualfuse.uncertainty.conformal import (
+    binomial_ci,
+    conformal_report,
+    conformal_threshold,
+    coverage_spread,
+    fewest_cases_for_coverage,
+)
 from dualfuse.uncertainty.measures import uncertainty_measures
 from dualfuse.uncertainty.ood import ood_report
 from dualfuse.uncertainty.selective import (
@@ -34,6 +40,9 @@ from dualfuse.uncertainty.selective import (
 )
 
 CONFORMAL_SCORES = ("lac", "aps")
+# How a small calibration split's conformal coverage is judged: the central 90% of its spread over
+# calibration draws must stay within 5 points of 1 - alpha, or a warning says how many cases it takes.
+SPREAD_LEVEL, SPREAD_SLACK = 0.9, 0.05
 
 
 def predictors_of(predictions: Predictions) -> list[Predictor]:
@@ -159,6 +168,41 @@ def compare_predictors(splits: dict[str, Predictions], task: str, calibrations: 
     return out
 
 
+def calibration_warnings(referral: dict, qhat: float, alpha: float, cal_split: str) -> list[str]:
+    """What the calibration split cannot support, one line each, most basic first: too few cases for
+    the conformal level at all; a conformal coverage that swings with these few cases; a target
+    accuracy that cannot be certified; a coverage the one-class sets cannot reach."""
+    n = referral["n"]
+    if math.isinf(qhat):  # alpha < 1 / (n + 1): each set holds every class, nothing else matters
+        return [f"the {n} {cal_split} cases are too few for {1 - alpha:.0%} conformal sets (it takes at least "
+                f"{math.ceil(round(1 / alpha, 9)) - 1}): every set names every class, so every case is referred: "
+                f"calibrate on more cases, or raise --alpha to at least {math.ceil(1000 / (n + 1)) / 1000:.3f}"]
+    warnings = []
+    low, high = coverage_spread(n, alpha, SPREAD_LEVEL)
+    if low < 1 - alpha - SPREAD_SLACK:
+        warnings.append(
+            f"with {n} {cal_split} cases the {1 - alpha:.0%} conformal sets cover between {low:.2f} and {high:.2f} "
+            f"of new cases ({SPREAD_LEVEL:.0%} of calibration draws; {1 - alpha:.0%} only on average over them): "
+            f"calibrate on at least {fewest_cases_for_coverage(alpha, SPREAD_SLACK, SPREAD_LEVEL)} cases for sets "
+            f"that cover at least {1 - alpha - SPREAD_SLACK:.2f}")
+    if referral.get("target_accuracy") and not referral.get("reachable", True):
+        sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
+        fewest = (f" (it takes at least {fewest_cases_to_certify(referral['target_accuracy'], referral['guarantee'])}"
+                  " decided cases, all right)") if sure and referral["target_accuracy"] < 1 else ""
+        singletons = (f" ({referral['n_decidable']} with a one-class conformal set)"
+                      if referral.get("n_decidable") is not None else "")
+        warnings.append(
+            f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {n} "
+            f"{cal_split} cases{singletons}, so every case is referred: lower the target accuracy"
+            f"{' or --guarantee' if sure else ''}, or calibrate on more cases{fewest}")
+    elif referral.get("target_coverage") and not referral.get("reachable", True):
+        warnings.append(
+            f"only {referral['n_decidable']} of the {n} {cal_split} cases have a one-class conformal set, "
+            f"so the model decides {referral['coverage']:.1%} of cases, not the {referral['target_coverage']:.0%} "
+            "asked: raise --alpha (smaller sets) or lower --target-coverage")
+    return warnings
+
+
 def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: float, cal_split: str = "val",
                 softmax_temperature: float = 1.0, n_bins: int = 15, ood: Predictions | None = None) -> dict:
     """The uncertainty section of `metrics.json` for one task, given the calibration `stored` of the
@@ -181,27 +225,10 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
         report["measures"][split] = _measure_summary(view, task)
         report["referral"][split] = _referral(probs, y, stored)
     referral = stored["referral"]
-    if math.isinf(stored["conformal"]["lac"]["qhat"]):
-        # alpha < 1 / (n + 1): the split cannot support sets this sure, so each holds every class.
-        report["warnings"].append(
-            f"the {referral['n']} {cal_split} cases are too few for {1 - alpha:.0%} conformal sets (it takes at least "
-            f"{math.ceil(round(1 / alpha, 9)) - 1}): every set names every class, so every case is referred: "
-            f"calibrate on more cases, or raise --alpha to at least {math.ceil(1000 / (referral['n'] + 1)) / 1000:.3f}")
-    elif referral.get("target_accuracy") and not referral.get("reachable", True):
-        sure = f" with {referral['guarantee']:.0%} probability" if referral.get("guarantee") else ""
-        fewest = (f" (it takes at least {fewest_cases_to_certify(referral['target_accuracy'], referral['guarantee'])}"
-                  " decided cases, all right)") if sure and referral["target_accuracy"] < 1 else ""
-        singletons = (f" ({referral['n_decidable']} with a one-class conformal set)"
-                      if referral.get("n_decidable") is not None else "")
-        report["warnings"].append(
-            f"no referral threshold reaches {referral['target_accuracy']:.2f} accuracy{sure} on the {referral['n']} "
-            f"{cal_split} cases{singletons}, so every case is referred: lower the target accuracy"
-            f"{' or --guarantee' if sure else ''}, or calibrate on more cases{fewest}")
-    elif referral.get("target_coverage") and not referral.get("reachable", True):
-        report["warnings"].append(
-            f"only {referral['n_decidable']} of the {referral['n']} {cal_split} cases have a one-class conformal set, "
-            f"so the model decides {referral['coverage']:.1%} of cases, not the {referral['target_coverage']:.0%} "
-            "asked: raise --alpha (smaller sets) or lower --target-coverage")
+    report["warnings"] += calibration_warnings(referral, stored["conformal"]["lac"]["qhat"], alpha, cal_split)
+    if not math.isinf(stored["conformal"]["lac"]["qhat"]):
+        low, high = coverage_spread(referral["n"], alpha, SPREAD_LEVEL)
+        report["conformal_spread"] = {"n_cal": referral["n"], "level": SPREAD_LEVEL, "low": low, "high": high}
     test = "test" if "test" in splits and task in splits["test"].labels else None
     target, decided = referral.get("target_accuracy"), report["referral"].get(test or "", {})
     if target and decided.get("accuracy_of_accepted_ci") and decided["accuracy_of_accepted_ci"][1] < target:

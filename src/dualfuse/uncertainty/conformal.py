@@ -30,12 +30,12 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest
 
 from dualfuse.validation import check_labels, check_probs, to_numpy
 
-__all__ = ["SCORES", "check_alpha", "conformal_report", "conformal_scores", "conformal_threshold",
-           "prediction_sets"]
+__all__ = ["SCORES", "check_alpha", "conformal_report", "conformal_scores", "conformal_threshold", "coverage_spread",
+           "fewest_cases_for_coverage", "prediction_sets"]
 
 SCORES = ("lac", "aps")
 
@@ -88,11 +88,41 @@ def conformal_threshold(cal_probs: Any, cal_y: Any, alpha: float = 0.1, score: s
     _check_options(score, alpha)
     scores = conformal_scores(cal_probs, cal_y, score, randomized, seed)
     n = len(scores)
-    # Rounding first keeps e.g. (9 + 1) * (1 - 0.2) = 8.000000000000002 from becoming 9.
-    k = math.ceil(round((n + 1) * (1 - alpha), 9))
+    k = _rank(n, alpha)
     if k > n:
         return math.inf
     return float(np.partition(scores, k - 1)[k - 1])
+
+
+def _rank(n: int, alpha: float) -> int:
+    # Rounding first keeps e.g. (9 + 1) * (1 - 0.2) = 8.000000000000002 from becoming 9.
+    return math.ceil(round((n + 1) * (1 - alpha), 9))
+
+
+def coverage_spread(n: int, alpha: float, level: float = 0.9) -> tuple[float, float]:
+    """Where the coverage of sets calibrated on n cases lands, over calibration draws (central `level`).
+
+    1 - alpha holds on average over calibration sets; for one given set of n cases the coverage on new
+    cases is Beta(k, n + 1 - k) distributed (continuous scores; Vovk 2012), so a small calibration split
+    gives "90% sets" that may cover 80%. (1, 1) when qhat is infinite (every set holds every class).
+    """
+    check_alpha(alpha)
+    k = _rank(n, alpha)
+    if k > n:
+        return 1.0, 1.0
+    low, high = beta.ppf([(1 - level) / 2, (1 + level) / 2], k, n + 1 - k)
+    return float(low), float(high)
+
+
+def fewest_cases_for_coverage(alpha: float, slack: float = 0.05, level: float = 0.9, most: int = 100_000) -> int:
+    """The fewest calibration cases from which on the lower end of `coverage_spread` stays at or above
+    1 - alpha - slack (the rank's rounding makes it saw-toothed, so the last failure decides)."""
+    check_alpha(alpha)
+    n = np.arange(1, most + 1)
+    k = np.ceil(np.round((n + 1) * (1 - alpha), 9))
+    low = np.where(k > n, 1.0, beta.ppf((1 - level) / 2, np.minimum(k, n), np.maximum(n + 1 - k, 1)))
+    failing = np.flatnonzero(low < 1 - alpha - slack)
+    return int(n[failing[-1]] + 1) if len(failing) else 1
 
 
 def prediction_sets(probs: Any, qhat: float, score: str = "lac", randomized: bool = False,
