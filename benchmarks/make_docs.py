@@ -738,6 +738,46 @@ def referral_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def load_ci_coverage(results: Path) -> list[dict]:
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("ci_coverage_*.json"))]
+
+
+CI_INTERVAL_NAMES = {"bootstrap": "percentile bootstrap alone (before)", "score": "score interval alone",
+                     "widened": "**the two joined (what `evaluate` prints)**"}
+
+
+def ci_coverage_section(runs: list[dict]) -> list[str]:
+    """How often a 95% CI holds the true value on small test sets drawn from stored predictions."""
+    lines = ["## Do the 95% CIs hold the true value 95% of the time? (small test sets)", "",
+             "`benchmarks/ci_coverage.py`: every stored set of per-case predictions (test splits and out-of-fold "
+             "cases) with at least ten times n cases is a population whose metric on all its cases is the truth; test "
+             "sets of n cases are drawn from it without replacement, stratified by class as dualfuse's splits are, "
+             "and each gets a 95% interval (1000 resamples over cases). *Coverage*: the share of draws whose interval "
+             "holds the truth (exact 95% CI over draws; draws from one population are not independent, so read it as "
+             "a lower bound on the uncertainty). *Percentile bootstrap alone*: what dualfuse printed before; *score "
+             "interval*: Wilson's (accuracy; balanced accuracy with the effective size C² / Σ 1/n_c) and Newcombe's "
+             "for ROC AUC (the Hanley–McNeil variance at each candidate value, averaged over one-vs-rest classes); "
+             "*joined*: the wider of the two on each side, which is what `evaluate` prints now (the bootstrap keeps "
+             "a patient's images together, the score interval does not collapse at 0 or 1). The per-dataset rows are "
+             "in the JSON. Stratified draws have a little less variance than the simple random sampling the "
+             "intervals assume, so accuracy's coverage reads a little high.", "",
+             "| test cases | metric | interval | case sets | draws | coverage [95% CI] | truth above / below it "
+             "| median width |", "|--:|---|---|--:|--:|--:|--:|--:|"]
+    for run in runs:
+        for row in run.get("rows", []):
+            if row["dataset"] != "all":
+                continue
+            low, high = row["coverage_ci"]
+            lines.append(f"| {row['n_test']} | {row['metric']} | {CI_INTERVAL_NAMES.get(row['interval'], row['interval'])} "
+                         f"| {row['case_sets']} | {row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
+                         f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} |")
+        lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/ci_coverage.py')}` — "
+                  f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s. The CIs of the rows above "
+                  "are those `evaluate` printed when each row was measured: rows measured before the intervals were "
+                  "joined carry the percentile bootstrap alone, too narrow on small test sets as this table shows.", ""]
+    return lines
+
+
 def coverage_referral_table(run: dict) -> list[str]:
     """The default promise, decide 90% of cases, on the same draws: the held-out share each rule decides."""
     rows, target = run["coverage_rows"], run["coverage_rows"][0]["target_coverage"]
@@ -1005,7 +1045,7 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
            uncertainty: list[dict] | None = None, pairs: dict[str, dict[str, str]] | None = None,
            pretrain: list[dict] | None = None, cv: list[dict] | None = None,
-           referral: list[dict] | None = None) -> str:
+           referral: list[dict] | None = None, ci_coverage: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -1029,6 +1069,8 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
         lines += uncertainty_section(uncertainty)
     if referral:
         lines += referral_section(referral)
+    if ci_coverage:
+        lines += ci_coverage_section(ci_coverage)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1046,7 +1088,8 @@ def main(argv=None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(records, speeds, serving, uncertainty, pretrain=load_pretrain(args.results),
-                                cv=load_cv(args.results), referral=load_referral(args.results)))
+                                cv=load_cv(args.results), referral=load_referral(args.results),
+                                ci_coverage=load_ci_coverage(args.results)))
     print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 

@@ -315,3 +315,20 @@ def test_pretraining_verdicts_name_where_pretraining_does_not_beat_scratch():
     assert "Not held out yet" not in resnet
     assert dcat.startswith("- **dcat**: fine-tuning from the in-domain trunk beats scratch on 0 of 1 held-out dataset(s)")
     assert dcat.endswith("Herlev pap smear (7 classes).") and "Not held out yet: PneumoniaMNIST, TB" in dcat
+
+
+def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Path):
+    make_docs = _load("make_docs")
+    rows = [{"n_test": 20, "metric": "roc_auc", "dataset": "all", "interval": interval, "case_sets": 3, "draws": 60,
+             "coverage": coverage, "coverage_ci": [coverage - 0.05, min(1.0, coverage + 0.05)], "truth_above": 0.01,
+             "truth_below": 0.99 - coverage, "median_width": width}
+            for interval, coverage, width in (("bootstrap", 0.7, 0.1), ("widened", 0.97, 0.2))]
+    rows.append(rows[0] | {"dataset": "toy"})  # per-dataset rows stay in the JSON
+    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"command": "python benchmarks/ci_coverage.py --draws 20",
+                                                                "device_name": "Test CPU", "seconds": 9.0, "rows": rows}))
+    text = "\n".join(make_docs.ci_coverage_section(make_docs.load_ci_coverage(tmp_path)))
+    assert "| 20 | roc_auc | percentile bootstrap alone (before) | 3 | 60 | 0.700 [0.650, 0.750] | 0.010 / 0.290 | 0.100 |" \
+        in text
+    assert "| 20 | roc_auc | **the two joined (what `evaluate` prints)** | 3 | 60 | 0.970 [0.920, 1.000] |" in text
+    assert text.count("| 20 | roc_auc |") == 2
+    assert "Reproduce (ci_coverage_cpu.json): `python benchmarks/ci_coverage.py --draws 20` — Test CPU" in text

@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from dualfuse.evaluation import METRICS, classification_metrics, summarize
-from dualfuse.evaluation.metrics import _Evaluator
+from dualfuse.evaluation.metrics import _Evaluator, score_interval
 
 
 def _data(n: int, n_classes: int, seed: int = 0, signal: float = 1.0, decimals: int | None = 2):
@@ -53,6 +53,11 @@ def _sklearn(y, probs) -> dict[str, float]:
 
 def _width(entry) -> float:
     return entry["ci_high"] - entry["ci_low"]
+
+
+def _bootstrap(entry) -> tuple[float, float]:
+    """The percentile bootstrap interval alone (before any widening to the score interval)."""
+    return tuple(entry.get("bootstrap_ci", (entry["ci_low"], entry["ci_high"])))
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
@@ -102,8 +107,10 @@ def test_ci_equals_naive_sklearn_bootstrap():
     samples = [_sklearn(y[idx], probs[idx]) for idx in draws]
     for name in ("accuracy", "f1_macro", "sensitivity", "roc_auc", "pr_auc"):
         low, high = np.percentile([s[name] for s in samples], [2.5, 97.5])
-        assert result[name]["ci_low"] == pytest.approx(low, abs=1e-12), name
-        assert result[name]["ci_high"] == pytest.approx(high, abs=1e-12), name
+        assert _bootstrap(result[name]) == pytest.approx((low, high), abs=1e-12), name
+        score = result[name].get("score_ci", (low, high))
+        assert (result[name]["ci_low"], result[name]["ci_high"]) == pytest.approx(
+            (min(low, score[0]), max(high, score[1])), abs=1e-12), name
 
 
 def test_patient_ci_equals_naive_cluster_bootstrap():
@@ -119,22 +126,29 @@ def test_patient_ci_equals_naive_cluster_bootstrap():
         idx = np.concatenate([members[g] for g in row])
         values.append(skm.roc_auc_score(y[idx], probs[idx, 1]))
     low, high = np.percentile(values, [2.5, 97.5])
-    assert (result["roc_auc"]["ci_low"], result["roc_auc"]["ci_high"]) == pytest.approx((low, high), abs=1e-12)
+    assert _bootstrap(result["roc_auc"]) == pytest.approx((low, high), abs=1e-12)
     assert result["n_groups"] == 40 and result["n"] == sizes.sum()
-    assert result["ci_method"] == "percentile bootstrap over patients"
+    assert result["ci_method"] == ("percentile bootstrap over patients, widened to the score interval where wider "
+                                   "(Wilson; Newcombe for ROC AUC)")
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_perfect_classifier_has_degenerate_ci_at_one(n_classes, grouped):
+def test_perfect_classifier_is_not_certain_to_be_perfect(n_classes, grouped):
+    """Every resample of a perfect sample is perfect, so its bootstrap interval is [1, 1]; the score
+    interval is not: 80 cases all right leave a true accuracy down to Wilson's .954 plausible."""
     y = np.arange(80) % n_classes
     probs = np.eye(n_classes)[y] * 0.9 + 0.1 / n_classes
     groups = np.arange(80) // 2 if grouped else None
     result = classification_metrics(y, probs, groups=groups, n_bootstrap=200)
+    z = 1.959963984540054
+    assert result["accuracy"]["ci_low"] == pytest.approx(80 / (80 + z * z), abs=2e-5)  # Wilson at p = 1
     for name in METRICS:
         if name in result:
             entry = result[name]
-            assert (entry["value"], entry["ci_low"], entry["ci_high"]) == (1.0, 1.0, 1.0), name
+            assert (entry["value"], entry["ci_high"]) == (1.0, 1.0) and _bootstrap(entry) == (1.0, 1.0), name
+            widened = name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+            assert (entry["ci_low"] < 0.99) == widened, name
 
 
 def test_ci_contains_estimate_and_narrows_with_more_data():
@@ -162,8 +176,11 @@ def test_patient_bootstrap_is_wider_when_images_are_duplicates():
     by_patient = classification_metrics(y, probs, groups=groups, n_bootstrap=500)
     for name in ("accuracy", "roc_auc", "sensitivity"):
         assert by_patient[name]["value"] == by_image[name]["value"]
-        assert _width(by_patient[name]) > 2 * _width(by_image[name]), name
-    assert by_image["n_groups"] is None and by_image["ci_method"] == "percentile bootstrap over images"
+        boot_patient, boot_image = _bootstrap(by_patient[name]), _bootstrap(by_image[name])
+        assert boot_patient[1] - boot_patient[0] > 2 * (boot_image[1] - boot_image[0]), name
+        # The score interval counts images as independent: the patient bootstrap is what widens it here.
+        assert (by_patient[name]["ci_low"], by_patient[name]["ci_high"]) == boot_patient, name
+    assert by_image["n_groups"] is None and by_image["ci_method"].startswith("percentile bootstrap over images, ")
 
 
 def test_fixed_seed_reproduces_and_other_seed_differs():
@@ -235,7 +252,8 @@ def test_summarize_rows():
     entry = result["roc_auc"]
     assert rows["roc_auc"] == f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
     assert rows["n"] == "400 images from 100 patients"
-    assert rows["ci"] == "95% percentile bootstrap over patients, 100 resamples"
+    assert rows["ci"] == ("95% percentile bootstrap over patients, widened to the score interval where wider "
+                          "(Wilson; Newcombe for ROC AUC), 100 resamples")
     assert [name for name, _ in summarize(result)][:9] == list(METRICS)
 
 
@@ -295,3 +313,41 @@ def test_validation_is_public_and_shared_with_uncertainty():
         brier_score(_P, _Y[:9])
     with pytest.raises(ValueError, match="confidence contains 1 NaN/inf"):
         validation.check_scores(np.array([0.5, np.nan]))
+
+
+def test_score_intervals_match_their_closed_forms():
+    """Wilson's interval in closed form; Newcombe's AUC interval solves (value - t)^2 = z^2 V(t) at both ends."""
+    z = 1.959963984540054
+    y = np.r_[np.zeros(30, int), np.ones(20, int)]
+    for accuracy in (0.5, 0.84, 1.0):
+        low, high = score_interval("accuracy", accuracy, y, 2)
+        centre, half = accuracy + z * z / 100, z * np.sqrt(accuracy * (1 - accuracy) / 50 + z * z / 10_000)
+        assert (low, high) == pytest.approx(((centre - half) / (1 + z * z / 50), (centre + half) / (1 + z * z / 50)),
+                                            abs=2e-5)
+    low, high = score_interval("roc_auc", 0.9, y, 2)
+    for end in (low, high):
+        n_star = 24
+        variance = end * (1 - end) * (1 + n_star * (1 - end) / (2 - end) + n_star * end / (1 + end)) / 600
+        assert (0.9 - end) ** 2 == pytest.approx(z * z * variance, abs=2e-5)
+    assert score_interval("roc_auc", 1.0, y, 2)[0] < 0.95 and score_interval("pr_auc", 0.9, y, 2) is None
+    assert score_interval("sensitivity", 0.5, np.zeros(10, int), 2) is None  # no positives
+
+
+def test_widened_intervals_hold_a_known_auc_on_small_samples():
+    """Normal scores shifted by d have AUC = Phi(d / sqrt 2) = .96; on 200 samples of 12 + 12 cases the
+    percentile bootstrap alone misses it far more often than 5%, the widened interval about 5%."""
+    from scipy.stats import norm
+
+    rng, d = np.random.default_rng(0), 2.47
+    truth = norm.cdf(d / np.sqrt(2))
+    held = {"bootstrap": 0, "widened": 0}
+    y = np.r_[np.zeros(12, int), np.ones(12, int)]
+    for _ in range(200):
+        scores = np.r_[rng.normal(0, 1, 12), rng.normal(d, 1, 12)]
+        p1 = 1 / (1 + np.exp(-scores))
+        entry = classification_metrics(y, np.c_[1 - p1, p1], n_bootstrap=200, seed=int(rng.integers(1000)))["roc_auc"]
+        low, high = entry["bootstrap_ci"]
+        held["bootstrap"] += low <= truth <= high
+        held["widened"] += entry["ci_low"] <= truth <= entry["ci_high"]
+    assert truth == pytest.approx(0.96, abs=0.001)
+    assert held["bootstrap"] / 200 < 0.9 and held["widened"] / 200 >= 0.93

@@ -16,6 +16,17 @@ against scikit-learn. Definitions follow scikit-learn's defaults: macro averages
 classes present in ``y_true`` or in the predictions, a class never predicted has precision 0, and
 one-vs-rest AUC needs every class present. A resample where a metric is undefined (for example
 only one class, so no AUC) is skipped for that metric and the number of valid ones is recorded.
+
+On few cases a percentile bootstrap is too narrow: a sample where every case is right (or every
+positive outscores every negative) gives the interval [1, 1], whatever the truth. Measured on real
+predictions (benchmarks/ci_coverage.py), 95% intervals of ROC AUC held the true value in about 71%
+of 20-case test sets and 83% of 200-case ones. So the metrics that are proportions or built from
+them are widened to a score interval where that is wider, which does not collapse at 0 or 1: Wilson's
+for accuracy, sensitivity and specificity; Wilson's with the effective size C^2 / sum(1 / n_c) for
+balanced accuracy (a mean of C per-class recalls); and for ROC AUC Newcombe's (2006, method 5): the
+Hanley-McNeil variance taken at each candidate value rather than at the estimate, averaged over the
+one-vs-rest classes. The score interval treats images as independent; the bootstrap keeps patients
+together, so the union keeps what each gets right. Both are stored (``bootstrap_ci``, ``score_ci``).
 """
 from __future__ import annotations
 
@@ -23,10 +34,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from dualfuse.validation import check_labels, check_probs, to_numpy
 
-__all__ = ["METRICS", "classification_metrics", "summarize"]
+__all__ = ["METRICS", "classification_metrics", "score_interval", "summarize"]
 
 METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
            "sensitivity", "specificity", "roc_auc", "pr_auc")
@@ -187,8 +199,46 @@ def _undefined_reason(name: str, y: np.ndarray, n_classes: int) -> str:
     return f"classes {missing} absent from y_true; one-vs-rest AUC needs every class"
 
 
+_GRID = np.linspace(0.0, 1.0, 100_001)
+
+
+def _score_solve(value: float, variance_at, z: float) -> tuple[float, float]:
+    """The values t in [0, 1] with (value - t)^2 <= z^2 variance_at(t): a score interval, found on a
+    fine grid (the variance functions here are smooth and the set is one interval around `value`)."""
+    inside = _GRID[(value - _GRID) ** 2 <= z * z * variance_at(_GRID)]
+    low, high = (inside.min(), inside.max()) if len(inside) else (value, value)
+    return float(min(low, value)), float(max(high, value))
+
+
+def _auc_variance(t: np.ndarray, positives: int, negatives: int) -> np.ndarray:
+    """Hanley-McNeil variance of a Mann-Whitney AUC at true value t, with Newcombe's N* = (m + n)/2 - 1."""
+    n_star = (positives + negatives) / 2 - 1
+    return t * (1 - t) * (1 + n_star * (1 - t) / (2 - t) + n_star * t / (1 + t)) / (positives * negatives)
+
+
+def score_interval(name: str, value: float, y: np.ndarray, n_classes: int,
+                   confidence: float = 0.95) -> tuple[float, float] | None:
+    """The score interval of metric `name` at its estimate `value`, or None where there is none."""
+    z = float(norm.ppf(0.5 + confidence / 2))
+    counts = np.bincount(y, minlength=n_classes)
+    if name == "accuracy":
+        return _score_solve(value, lambda t: t * (1 - t) / len(y), z)
+    if name in ("sensitivity", "specificity"):
+        n = counts[1 if name == "sensitivity" else 0]
+        return _score_solve(value, lambda t: t * (1 - t) / n, z) if n else None
+    if name == "balanced_accuracy":
+        seen = counts[counts > 0]
+        return _score_solve(value, lambda t: t * (1 - t) * np.sum(1 / seen) / len(seen) ** 2, z)
+    if name == "roc_auc":
+        pairs = [(counts[c], len(y) - counts[c]) for c in ([1] if n_classes == 2 else range(n_classes))]
+        if not all(m and n for m, n in pairs):
+            return None
+        return _score_solve(value, lambda t: sum(_auc_variance(t, m, n) for m, n in pairs) / len(pairs) ** 2, z)
+    return None
+
+
 def _summarise_metric(value: float, samples: np.ndarray | None, confidence: float,
-                      reason: str) -> dict[str, Any]:
+                      reason: str, score: tuple[float, float] | None = None) -> dict[str, Any]:
     if np.isnan(value):
         return {"value": None, "ci_low": None, "ci_high": None, "reason": reason}
     entry: dict[str, Any] = {"value": float(value), "ci_low": None, "ci_high": None}
@@ -201,15 +251,19 @@ def _summarise_metric(value: float, samples: np.ndarray | None, confidence: floa
         entry["reason"] = "undefined in every bootstrap resample"
         return entry
     tail = 50 * (1 - confidence)
-    low, high = np.percentile(valid, [tail, 100 - tail])
-    entry["ci_low"], entry["ci_high"] = float(low), float(high)
+    low, high = (float(v) for v in np.percentile(valid, [tail, 100 - tail]))
+    entry["ci_low"], entry["ci_high"] = low, high
+    if score is not None:  # the wider of the two on each side
+        entry.update(ci_low=min(low, score[0]), ci_high=max(high, score[1]), bootstrap_ci=[low, high],
+                     score_ci=list(score))
     return entry
 
 
 def classification_metrics(y_true: Any, probs: Any, groups: Any = None,
                            class_names: Sequence[str] | None = None, n_bootstrap: int = 1000,
                            confidence: float = 0.95, seed: int | None = 0) -> dict[str, Any]:
-    """Point estimates and percentile bootstrap CIs of the standard classification metrics.
+    """Point estimates and CIs of the standard classification metrics (percentile bootstrap, widened
+    to the score interval where that is wider: see the module docstring).
 
     Args:
         y_true: (N,) integer class indices in 0..C-1.
@@ -246,8 +300,9 @@ def classification_metrics(y_true: Any, probs: Any, groups: Any = None,
                if n_bootstrap else {})
 
     result: dict[str, Any] = {
-        name: _summarise_metric(value, samples.get(name), confidence,
-                                _undefined_reason(name, y, n_classes))
+        name: _summarise_metric(value, samples.get(name), confidence, _undefined_reason(name, y, n_classes),
+                                score_interval(name, value, y, n_classes, confidence)
+                                if n_bootstrap and not np.isnan(value) else None)
         for name, value in point.items()
     }
     result.update(
@@ -257,7 +312,8 @@ def classification_metrics(y_true: Any, probs: Any, groups: Any = None,
         n_groups=None if n_groups is None else int(n_groups),
         n_bootstrap=int(n_bootstrap),
         confidence=float(confidence),
-        ci_method=f"percentile bootstrap over {unit}" if n_bootstrap else "none",
+        ci_method=(f"percentile bootstrap over {unit}, widened to the score interval where wider (Wilson; "
+                   "Newcombe for ROC AUC)") if n_bootstrap else "none",
     )
     return result
 

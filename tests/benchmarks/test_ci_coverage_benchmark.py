@@ -1,0 +1,60 @@
+"""The CI coverage benchmark: small test sets drawn from stored predictions with a known answer.
+
+No training: the populations are synthetic. A binary population with well separated scores has a
+true AUC near 1, where a percentile bootstrap on a small sample collapses to [1, 1] and misses it.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.benchmarks.test_make_docs import _load
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("ci_coverage")
+
+
+def _population(n: int, seed: int, shift: float = 3.0) -> dict:
+    rng = np.random.default_rng(seed)
+    label = (rng.random(n) < 0.3).astype(int)
+    p1 = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + shift * (label - 0.5))))
+    return {"case_id": [f"c{i}" for i in range(n)], "label": label.tolist(),
+            "probs": np.stack([1 - p1, p1], axis=1).tolist()}
+
+
+def test_stratified_draws_keep_every_class_and_the_size(bench):
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(900, int), np.ones(90, int), np.full(10, 2)]
+    for n in (5, 20, 50):
+        pick = bench.stratified_draw(labels, n, rng)
+        assert len(pick) == n == len(set(pick.tolist()))
+        assert set(labels[pick].tolist()) == {0, 1, 2}  # the 1% class is kept, as a stratified split keeps it
+    counts = np.bincount(labels[bench.stratified_draw(labels, 100, rng)])
+    assert counts.tolist() == [90, 9, 1]
+
+
+def test_the_widened_interval_holds_what_the_bootstrap_misses(bench, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "accuracy_cpu.json").write_text(json.dumps({"records": [
+        {"row": "toy", "seed": 0, "device": "cpu", "tasks": {"label": {"dataset": "toy", "per_case": _population(600, 0)}}}]}))
+    out = tmp_path / "ci.json"
+    assert bench.main(["--results", str(results), "--draws", "60", "--out", str(out)]) == 0
+    rows = {(r["n_test"], r["metric"], r["interval"]): r for r in json.loads(out.read_text())["rows"]
+            if r["dataset"] == "all"}
+    assert {n for n, _, _ in rows} == {20, 50}  # 600 cases: a population at least ten times the draw
+    bootstrap, widened = rows[(20, "roc_auc", "bootstrap")], rows[(20, "roc_auc", "widened")]
+    assert bootstrap["draws"] == widened["draws"] == 60 and bootstrap["case_sets"] == 1
+    assert bootstrap["coverage"] < 0.85 and widened["coverage"] >= 0.93
+    assert widened["median_width"] > bootstrap["median_width"]
+    assert abs(bootstrap["truth_above"] + bootstrap["truth_below"] + bootstrap["coverage"] - 1) < 1e-9
+    assert "95% CIs on small test sets" in capsys.readouterr().out
+
+
+def test_no_stored_predictions_is_a_one_line_error(bench, tmp_path, capsys):
+    assert bench.main(["--results", str(tmp_path), "--out", str(tmp_path / "ci.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "ci.json").exists()
