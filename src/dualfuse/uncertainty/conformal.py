@@ -115,8 +115,9 @@ def coverage_spread(n: int, alpha: float, level: float = 0.9) -> tuple[float, fl
 
 
 def fewest_cases_for_coverage(alpha: float, slack: float = 0.05, level: float = 0.9, most: int = 100_000) -> int:
-    """The fewest calibration cases from which on the lower end of `coverage_spread` stays at or above
-    1 - alpha - slack (the rank's rounding makes it saw-toothed, so the last failure decides)."""
+    """The fewest calibration cases from which on the low end of `coverage_spread` stays at or above
+    1 - alpha - slack for every larger split (the rank's rounding makes it saw-toothed, so the last
+    failure decides; below ceil(1/alpha) - 1 cases every set holds every class and nothing fails)."""
     check_alpha(alpha)
     n = np.arange(1, most + 1)
     k = np.ceil(np.round((n + 1) * (1 - alpha), 9))
