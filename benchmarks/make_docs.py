@@ -771,6 +771,19 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
             lines.append(f"| {row['n_test']} | {row['metric']} | {CI_INTERVAL_NAMES.get(row['interval'], row['interval'])} "
                          f"| {row['case_sets']} | {row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
                          f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} |")
+        if run.get("paired_rows"):
+            lines += ["", "**The paired differences** behind every win, tie and loss on this page (`benchmarks/paired.py`: a "
+                      "percentile bootstrap of the AUC difference, both models scored on the same resampled cases), "
+                      "measured the same way: two stored prediction sets of one source, dataset and seed that score "
+                      "the same cases form a population pair, their AUC difference on all its cases is the truth. "
+                      "*Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.", "",
+                      "| test cases | population pairs | draws | coverage [95% CI] | truth above / below it | median width "
+                      "| win or loss said | wrong-sign verdicts |", "|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            for row in run["paired_rows"]:
+                low, high = row["coverage_ci"]
+                lines.append(f"| {row['n_test']} | {row['pairs']} | {row['draws']} | {row['coverage']:.3f} [{low:.3f}, "
+                             f"{high:.3f}] | {row['truth_above']:.3f} / {row['truth_below']:.3f} | "
+                             f"{row['median_width']:.3f} | {row['decided']:.1%} | {row['wrong_verdicts']:.1%} |")
         lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/ci_coverage.py')}` — "
                   f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s. The CIs of the rows above "
                   "are those `evaluate` printed when each row was measured: rows measured before the intervals were "

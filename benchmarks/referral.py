@@ -87,7 +87,7 @@ def coverage_thresholds(confidence: np.ndarray, correct: np.ndarray, decidable: 
 
 
 def case_sets(results: Path, sources=SOURCES) -> list[dict]:
-    """Every stored set of per-case predictions: `{source, row, seed, dataset, confidence, correct}`."""
+    """Every stored set of per-case predictions: `{source, row, seed, task, dataset, probs, labels, case_ids}`."""
     sets = []
     for name in sources:
         for record in read_json(results / name, {}).get("records", []):
@@ -101,7 +101,7 @@ def case_sets(results: Path, sources=SOURCES) -> list[dict]:
                 labels = np.asarray(cases["label"])
                 sets.append({"source": name, "row": record["row"], "seed": record["seed"], "task": task,
                              "dataset": record.get("dataset") or tasks.get(task, {}).get("dataset", task),
-                             "probs": probs, "labels": labels})
+                             "probs": probs, "labels": labels, "case_ids": np.asarray(cases.get("case_id", []))})
     return sets
 
 

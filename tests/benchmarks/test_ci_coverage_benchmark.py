@@ -58,3 +58,30 @@ def test_the_widened_interval_holds_what_the_bootstrap_misses(bench, tmp_path, c
 def test_no_stored_predictions_is_a_one_line_error(bench, tmp_path, capsys):
     assert bench.main(["--results", str(tmp_path), "--out", str(tmp_path / "ci.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "ci.json").exists()
+
+
+def _case_set(row: str, per_case: dict, order=None) -> dict:
+    order = np.arange(len(per_case["label"])) if order is None else order
+    return {"source": "accuracy_cpu.json", "row": row, "seed": 0, "task": "label", "dataset": "toy",
+            "probs": np.asarray(per_case["probs"])[order], "labels": np.asarray(per_case["label"])[order],
+            "case_ids": np.asarray(per_case["case_id"])[order]}
+
+
+def test_population_pairs_align_two_rows_on_the_same_cases(bench):
+    rng = np.random.default_rng(0)
+    good, shuffled = _population(600, 0), rng.permutation(600)
+    worse = _population(600, 0, shift=1.0)
+    a, b = _case_set("good", good), _case_set("worse", worse, order=shuffled)
+    other_seed = {**_case_set("other", worse), "seed": 1}
+    pairs = bench.population_pairs([a, b, other_seed], rng)
+    assert len(pairs) == 1  # another seed scores other cases: never paired
+    first, second = pairs[0]
+    assert first["row"] == "good" and np.array_equal(second["labels"], first["labels"])
+    np.testing.assert_allclose(second["probs"], np.asarray(worse["probs"]))  # back in a's case order
+
+
+def test_paired_intervals_hold_the_true_difference_and_say_its_sign(bench):
+    sets = [_case_set("good", _population(1000, 0)), _case_set("worse", _population(1000, 0, shift=1.5))]
+    (row,) = bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200)
+    assert (row["n_test"], row["pairs"], row["draws"]) == (50, 1, 30)
+    assert row["coverage"] >= 0.8 and row["wrong_verdicts"] == 0 and row["decided"] > 0.5

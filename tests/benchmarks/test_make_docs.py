@@ -330,5 +330,10 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
     assert "| 20 | roc_auc | percentile bootstrap alone (before) | 3 | 60 | 0.700 [0.650, 0.750] | 0.010 / 0.290 | 0.100 |" \
         in text
     assert "| 20 | roc_auc | **the two joined (what `evaluate` prints)** | 3 | 60 | 0.970 [0.920, 1.000] |" in text
-    assert text.count("| 20 | roc_auc |") == 2
+    assert text.count("| 20 | roc_auc |") == 2 and "The paired differences" not in text
     assert "Reproduce (ci_coverage_cpu.json): `python benchmarks/ci_coverage.py --draws 20` — Test CPU" in text
+    paired = [{"n_test": 50, "pairs": 4, "draws": 20, "coverage": 0.95, "coverage_ci": [0.75, 0.999],
+               "truth_above": 0.05, "truth_below": 0.0, "median_width": 0.1, "decided": 0.25, "wrong_verdicts": 0.0}]
+    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"rows": rows, "paired_rows": paired}))
+    text = "\n".join(make_docs.ci_coverage_section(make_docs.load_ci_coverage(tmp_path)))
+    assert "| 50 | 4 | 20 | 0.950 [0.750, 0.999] | 0.050 / 0.000 | 0.100 | 25.0% | 0.0% |" in text
