@@ -159,10 +159,18 @@ def test_zip_mode_pretraining_writes_its_run_and_a_plain_model_starts_from_it(da
     assert report.adapted == ["backbone.conv1.weight"]
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_pretrain_configs_train_one_trunk_on_every_labelled_set(path, data_root, monkeypatch):
+def _pretrain_config_stacks() -> list[tuple[Path, ...]]:
+    """Every trunk config alone, and every overlay (a file without a model, e.g. longer.yaml) laid over
+    the ResNet-18 trunk, as benchmarks/pretrain.py lays it."""
+    files = sorted(CONFIGS.glob("*.yaml"))
+    trunks = [path for path in files if "model:" in path.read_text()]
+    return [(path,) for path in trunks] + [(CONFIGS / "resnet18.yaml", path) for path in files if path not in trunks]
+
+
+@pytest.mark.parametrize("paths", _pretrain_config_stacks(), ids=lambda paths: "+".join(p.stem for p in paths))
+def test_pretrain_configs_train_one_trunk_on_every_labelled_set(paths, data_root, monkeypatch):
     monkeypatch.setenv("DUALFUSE_DATA", str(data_root))
-    config, _ = parse_run_args(["--config", str(path)])
+    config, _ = parse_run_args([arg for path in paths for arg in ("--config", str(path))])
     assert config.model.name == "multitask" and config.data.mode == "zip" and "test" not in config.eval.splits
     assert set(config.data.sources) == {"pneumoniamnist", "breastmnist", "brain_mri", "lung_ct", "tb", "ham10000",
                                         "herlev"}
