@@ -15,11 +15,15 @@ interval of a coverage is an exact binomial one over draws (draws of one populat
 read it as a lower bound of the uncertainty). The population is at least ten times the draw, so
 sampling without replacement is close to the bootstrap's with-replacement model.
 
-The paired differences behind every "win", "tie" or "loss" in docs/benchmarks.md (benchmarks/paired.py:
-a percentile bootstrap of the AUC difference over the same resampled cases) are measured the same way:
-two stored prediction sets of one source, dataset and seed that score the same cases form a population
-pair whose AUC difference on all cases is the truth; n cases are drawn and the paired interval is
-checked. A *wrong verdict* is a "win" where the truth is a loss or a "loss" where it is a win.
+The paired differences behind every "win", "tie" or "loss" in docs/benchmarks.md (benchmarks/paired.py)
+are measured the same way: two stored prediction sets of one source and dataset that score the same
+cases form a population pair, for one seed or pooled over the seeds both rows have; the mean over
+seeds of their AUC difference on all cases is the truth. n cases are drawn, the same for every seed,
+and four intervals are checked on each draw: the percentile bootstrap with each seed's cases
+resampled apart (what the docs printed before), the bootstrap with one draw for every seed, the MOVER
+interval alone, and the last two joined (what the docs print now). A *wrong verdict* is a "win" where
+the truth is a loss or a "loss" where it is a win. `--parts` measures one part and keeps the other's
+rows from `--out`.
 
     python benchmarks/ci_coverage.py --out docs/results/ci_coverage_cpu.json
 """
@@ -31,8 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO_ROOT, machine, show_table, write_json
-from paired import N_BOOTSTRAP, macro_auroc, paired_bootstrap, verdict
+from _common import REPO_ROOT, machine, read_json, show_table, write_json
+from paired import N_BOOTSTRAP, macro_auroc, paired_auc_difference, paired_bootstrap, verdict
 from referral import SOURCES, case_sets
 
 from dualfuse.evaluation.metrics import classification_metrics
@@ -44,6 +48,7 @@ PAIRS_PER_GROUP = 4  # population pairs per (source, dataset, seed) at the most,
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 INTERVALS = ("bootstrap", "score", "widened")  # evaluate prints "widened": the union of the other two
 POPULATION_FACTOR = 10  # a population holds at least this many times the cases of a draw
+PARTS = ("metrics", "paired")  # single-model intervals; paired differences
 
 
 def stratified_draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,67 +115,115 @@ def measure(sets: list[dict], sizes=SIZES, draws: int = 20, seed: int = 0, n_boo
                                        INTERVALS.index(r["interval"])))
 
 
-def population_pairs(sets: list[dict], rng: np.random.Generator, most: int = PAIRS_PER_GROUP) -> list[tuple]:
-    """(a, b aligned to a's case order) for case sets of one source, dataset and seed that score the same
-    cases by id, at most `most` pairs per such group."""
-    groups: dict[tuple, list[dict]] = {}
+def population_pairs(sets: list[dict], rng: np.random.Generator, most: int = PAIRS_PER_GROUP) -> list[list[tuple]]:
+    """Population pairs, each a list of `(a, b)` case sets, one per seed, every one aligned to the first
+    a's case order: one seed of two rows of one source and dataset that score the same cases by id (at
+    most `most` pairs per source, dataset and seed), and two rows over all the seeds they share where
+    every seed scored the same cases, as the docs pool them (at most `most` per source and dataset)."""
+    by_row: dict[tuple, dict] = {}
     for case_set in sets:
-        if len(case_set["case_ids"]) == len(case_set["labels"]) and len(set(case_set["case_ids"].tolist())) == len(
-                case_set["labels"]):
-            groups.setdefault((case_set["source"], case_set["dataset"], case_set["seed"]), []).append(case_set)
-    out = []
-    for members in groups.values():
-        found = []
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                if a["row"] == b["row"] or set(a["case_ids"].tolist()) != set(b["case_ids"].tolist()):
+        ids = case_set["case_ids"].tolist()
+        if len(ids) == len(case_set["labels"]) and len(set(ids)) == len(ids):
+            by_row.setdefault((case_set["source"], case_set["dataset"], case_set["task"], case_set["row"]),
+                              {})[case_set["seed"]] = case_set
+    by_dataset: dict[tuple, list] = {}
+    for (source, dataset, _, row), seeds in by_row.items():
+        by_dataset.setdefault((source, dataset), []).append((row, seeds))
+    single, pooled = [], []
+    for members in by_dataset.values():
+        found: dict[object, list] = {}
+        for i, (row_a, seeds_a) in enumerate(members):
+            for row_b, seeds_b in members[i + 1:]:
+                if row_a == row_b:
                     continue
-                where = {case: k for k, case in enumerate(b["case_ids"].tolist())}
-                order = np.array([where[case] for case in a["case_ids"].tolist()])
-                if np.array_equal(a["labels"], b["labels"][order]):
-                    found.append((a, {**b, "probs": b["probs"][order], "labels": b["labels"][order]}))
-        for index in rng.permutation(len(found))[:most]:
-            out.append(found[index])
-    return out
+                shared = sorted(set(seeds_a) & set(seeds_b), key=str)
+                aligned = [_align(seeds_a[seed], seeds_b[seed], seeds_a[shared[0]]) for seed in shared]
+                for seed, pair in zip(shared, aligned):
+                    if pair is not None:
+                        found.setdefault(seed, []).append([pair])
+                if len(shared) > 1 and all(pair is not None for pair in aligned):
+                    found.setdefault("pooled", []).append(aligned)
+        for key, candidates in found.items():
+            for index in rng.permutation(len(candidates))[:most]:
+                (pooled if key == "pooled" else single).append(candidates[index])
+    return single + pooled
+
+
+def _align(a: dict, b: dict, reference: dict) -> tuple[dict, dict] | None:
+    """a and b reordered to `reference`'s cases, or None when either scores other cases or other labels."""
+    order = reference["case_ids"].tolist()
+    sides = []
+    for case_set in (a, b):
+        if sorted(case_set["case_ids"].tolist()) != sorted(order):
+            return None
+        where = {case: k for k, case in enumerate(case_set["case_ids"].tolist())}
+        index = np.array([where[case] for case in order])
+        sides.append({**case_set, "probs": case_set["probs"][index], "labels": case_set["labels"][index],
+                      "case_ids": case_set["case_ids"][index]})
+    if not np.array_equal(sides[0]["labels"], sides[1]["labels"]) or not np.array_equal(
+            sides[0]["labels"], reference["labels"]):
+        return None
+    return sides[0], sides[1]
+
+
+PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "mover", "joined")  # joined: what the docs print now
 
 
 def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: int = 0,
-                   n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
-    """One row per test-set size: how often the paired 95% CI of the AUC difference holds the true
-    difference, and how often its verdict has the wrong sign."""
+                   n_bootstrap: int = N_BOOTSTRAP, pooled_draws: int | None = None) -> list[dict]:
+    """One row per (test-set size, one seed or pooled seeds, interval): how often the paired 95% CI of the
+    AUC difference holds the true difference, and how often its verdict has the wrong sign. Intervals
+    on the same draw: the bootstrap with each seed's cases drawn apart (the docs before), the bootstrap
+    with one draw for all seeds, the MOVER interval alone, and their union (`paired_auc_difference`).
+    Pooled populations are fewer, so they may get more draws (`pooled_draws`, default `draws`)."""
     rng = np.random.default_rng(seed)
-    pairs = population_pairs(sets, rng)
-    rows = []
+    populations = population_pairs(sets, rng)
+    tally: dict[tuple, dict] = {}
     for n in sizes:
-        held = above = below = wrong = decided = 0
-        widths, used = [], set()
-        for a, b in pairs:
-            if len(a["labels"]) < POPULATION_FACTOR * n:
+        for population in populations:
+            labels = population[0][0]["labels"]
+            if len(labels) < POPULATION_FACTOR * n:
                 continue
-            truth = macro_auroc(a["probs"], a["labels"]) - macro_auroc(b["probs"], b["labels"])
-            for _ in range(draws):
-                pick = stratified_draw(a["labels"], n, rng)
+            truth = float(np.mean([macro_auroc(a["probs"], a["labels"]) - macro_auroc(b["probs"], b["labels"])
+                                   for a, b in population]))
+            kind = "one seed" if len(population) == 1 else "seeds pooled"
+            for _ in range(draws if kind == "one seed" or pooled_draws is None else pooled_draws):
+                pick = stratified_draw(labels, n, rng)
                 cases = [({"probs": a["probs"][pick], "label": a["labels"][pick]},
-                          {"probs": b["probs"][pick], "label": b["labels"][pick]})]
-                diff = paired_bootstrap(cases, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
-                                        seed=int(rng.integers(2**31)))
-                used.add((id(a), id(b)))
-                side = ("held" if diff["ci_low"] <= truth <= diff["ci_high"]
-                        else "above" if truth > diff["ci_high"] else "below")
-                held, above, below = held + (side == "held"), above + (side == "above"), below + (side == "below")
-                widths.append(diff["ci_high"] - diff["ci_low"])
-                said = verdict(diff)
-                decided += said != "tie"
-                wrong += (said == "win" and truth < 0) or (said == "loss" and truth > 0)
-        scored = held + above + below
+                          {"probs": b["probs"][pick], "label": b["labels"][pick]}) for a, b in population]
+                ids = [population[0][0]["case_ids"][pick].tolist()] * len(population)
+                draw_seed = int(rng.integers(2**31))
+                apart = paired_bootstrap(cases, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
+                                         seed=draw_seed)
+                joined = paired_auc_difference(cases, n_bootstrap, seed=draw_seed, case_ids=ids)
+                intervals = {"bootstrap, seeds apart": (apart["ci_low"], apart["ci_high"]),
+                             "bootstrap": tuple(joined.get("bootstrap_ci", (joined["ci_low"], joined["ci_high"]))),
+                             "mover": tuple(joined.get("score_ci", (None, None))),
+                             "joined": (joined["ci_low"], joined["ci_high"])}
+                for interval, (low, high) in intervals.items():
+                    entry = tally.setdefault((n, kind, interval), {"pairs": set(), "held": 0, "above": 0, "below": 0,
+                                                                   "widths": [], "decided": 0, "wrong": 0})
+                    entry["pairs"].add(id(population[0][0]))
+                    if low is None:
+                        continue
+                    side = "held" if low <= truth <= high else ("above" if truth > high else "below")
+                    entry[side] += 1
+                    entry["widths"].append(high - low)
+                    said = verdict({"ci_low": low, "ci_high": high})
+                    entry["decided"] += said != "tie"
+                    entry["wrong"] += (said == "win" and truth < 0) or (said == "loss" and truth > 0)
+    rows = []
+    for (n, kind, interval), entry in tally.items():
+        scored = entry["held"] + entry["above"] + entry["below"]
         if not scored:
             continue
-        ci_low, ci_high = binomial_ci(held, scored)
-        rows.append({"n_test": n, "metric": "roc_auc difference", "pairs": len(used), "draws": scored,
-                     "coverage": held / scored, "coverage_ci": [ci_low, ci_high], "truth_above": above / scored,
-                     "truth_below": below / scored, "median_width": float(np.median(widths)),
-                     "decided": decided / scored, "wrong_verdicts": wrong / scored})
-    return rows
+        ci_low, ci_high = binomial_ci(entry["held"], scored)
+        rows.append({"n_test": n, "seeds": kind, "interval": interval, "metric": "roc_auc difference",
+                     "pairs": len(entry["pairs"]), "draws": scored, "coverage": entry["held"] / scored,
+                     "coverage_ci": [ci_low, ci_high], "truth_above": entry["above"] / scored,
+                     "truth_below": entry["below"] / scored, "median_width": float(np.median(entry["widths"])),
+                     "decided": entry["decided"] / scored, "wrong_verdicts": entry["wrong"] / scored})
+    return sorted(rows, key=lambda r: (r["seeds"], r["n_test"], PAIRED_INTERVALS.index(r["interval"])))
 
 
 def main(argv=None) -> int:
@@ -179,6 +232,10 @@ def main(argv=None) -> int:
                         help="where the accuracy and cv results files with per-case predictions are")
     parser.add_argument("--draws", type=int, default=20, help="test sets drawn per population and size")
     parser.add_argument("--paired-draws", type=int, default=5, help="test sets drawn per population pair and size")
+    parser.add_argument("--pooled-draws", type=int, default=20,
+                        help="test sets drawn per population pair pooled over seeds and size (there are fewer)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure; a part left out keeps its rows from --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "results" / "ci_coverage_cpu.json")
     args = parser.parse_args(argv)
@@ -186,16 +243,23 @@ def main(argv=None) -> int:
     if not sets:
         print(f"ci_coverage.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
         return 2
-    started = time.perf_counter()
-    rows = measure(sets, draws=args.draws, seed=args.seed)
-    paired_rows = measure_paired(sets, draws=args.paired_draws, seed=args.seed)
-    seconds = round(time.perf_counter() - started, 1)
-    command = (f"python benchmarks/ci_coverage.py --draws {args.draws} --paired-draws {args.paired_draws} "
-               f"--seed {args.seed}")
-    write_json(args.out, {"benchmark": "ci_coverage", "command": command, **machine(), "sources": list(SOURCES),
-                          "draws": args.draws, "paired_draws": args.paired_draws, "seed": args.seed,
-                          "seconds": seconds, "confidence": 0.95, "n_bootstrap": 1000, "rows": rows,
-                          "paired_rows": paired_rows})
+    stored = read_json(args.out, {}) if set(args.parts) != set(PARTS) else {}
+    result = {key: value for key, value in stored.items() if key in ("metrics", "paired")}
+    for part in args.parts:
+        started = time.perf_counter()
+        if part == "metrics":
+            rows = measure(sets, draws=args.draws, seed=args.seed)
+            command = f"python benchmarks/ci_coverage.py --parts metrics --draws {args.draws} --seed {args.seed}"
+        else:
+            rows = measure_paired(sets, draws=args.paired_draws, seed=args.seed, pooled_draws=args.pooled_draws)
+            command = (f"python benchmarks/ci_coverage.py --parts paired --paired-draws {args.paired_draws} "
+                       f"--pooled-draws {args.pooled_draws} --seed {args.seed}")
+        result[part] = {"command": command, **machine(), "seconds": round(time.perf_counter() - started, 1),
+                        "seed": args.seed, "rows": rows}
+    write_json(args.out, {"benchmark": "ci_coverage", "sources": list(SOURCES), "confidence": 0.95,
+                          "n_bootstrap": N_BOOTSTRAP, **result})
+    rows = result.get("metrics", {}).get("rows", [])
+    paired_rows = result.get("paired", {}).get("rows", [])
     show_table("95% CIs on small test sets: how often they hold the population's value",
                ("test cases", "metric", "dataset", "interval", "case sets", "draws", "coverage [95% CI]",
                 "truth above / below", "median width"),
@@ -204,13 +268,14 @@ def main(argv=None) -> int:
                  f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}"]
                 for r in rows if r["dataset"] == "all"], left=4, width=150)
     show_table("paired 95% CIs of an AUC difference (benchmarks/paired.py) on small test sets",
-               ("test cases", "pairs", "draws", "coverage [95% CI]", "truth above / below", "median width",
-                "win or loss said", "wrong-sign verdicts"),
-               [[str(r["n_test"]), str(r["pairs"]), str(r["draws"]),
+               ("test cases", "seeds", "interval", "pairs", "draws", "coverage [95% CI]", "truth above / below",
+                "median width", "win or loss said", "wrong-sign verdicts"),
+               [[str(r["n_test"]), r["seeds"], r["interval"], str(r["pairs"]), str(r["draws"]),
                  f"{r['coverage']:.3f} [{r['coverage_ci'][0]:.3f}, {r['coverage_ci'][1]:.3f}]",
                  f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}", f"{r['decided']:.3f}",
-                 f"{r['wrong_verdicts']:.3f}"] for r in paired_rows], left=3, width=150)
-    print(f"wrote {args.out} ({seconds} s)")
+                 f"{r['wrong_verdicts']:.3f}"] for r in paired_rows], left=5, width=170)
+    timings = ", ".join(f"{part} {result[part]['seconds']} s" for part in args.parts)
+    print(f"wrote {args.out} ({timings})")
     return 0
 
 

@@ -23,6 +23,7 @@ from paired import (  # noqa: E402
     balanced_accuracy,
     format_difference,
     macro_auroc,
+    paired_auc_difference,
     paired_bootstrap,
     patient_groups,
     verdict,
@@ -421,28 +422,35 @@ def row_pairs(rows_file: Path = ROWS_FILE) -> dict[str, dict[str, str]]:
     return {field: {row["id"]: row[field] for row in rows if row.get(field)} for field in PAIR_FIELDS}
 
 
-def _aligned(a: dict, b: dict) -> tuple[dict, dict, list] | None:
-    """Two runs' test cases in one order, or None when they were not scored on the same cases."""
+def _aligned(a: dict, b: dict) -> tuple[dict, dict, list | None, list] | None:
+    """Two runs' test cases in a's order, its patient groups and case ids, or None when they were not
+    scored on the same cases."""
     if sorted(a["case_id"]) != sorted(b["case_id"]):
         return None
     where = {case: i for i, case in enumerate(b["case_id"])}
     order = [where[case] for case in a["case_id"]]
     side_a = {"probs": a["probs"], "label": a["label"]}
     side_b = {"probs": [b["probs"][i] for i in order], "label": [b["label"][i] for i in order]}
-    return side_a, side_b, patient_groups(a.get("patient_id"))
+    return side_a, side_b, patient_groups(a.get("patient_id")), list(a["case_id"])
 
 
 def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) -> dict | None:
     """Test `metric` (AUC; or accuracy) of entry a minus entry b over the seeds both have, paired case by
-    case; None when they share no seed with per-case predictions on the same cases."""
+    case (seeds scored on the same cases share each bootstrap draw; AUC's CI is joined with the MOVER
+    interval, `paired_auc_difference`); None when they share no seed with per-case predictions on the
+    same cases."""
     seeds_a = {r["seed"]: r["numbers"].get("per_case") for r in a["runs"]}
     seeds_b = {r["seed"]: r["numbers"].get("per_case") for r in b["runs"]}
     seeds = sorted(s for s in seeds_a if seeds_a[s] and seeds_b.get(s))
     aligned = [_aligned(seeds_a[s], seeds_b[s]) for s in seeds]
     if not seeds or any(x is None for x in aligned):
         return None
-    diff = paired_bootstrap([(x[0], x[1]) for x in aligned], lambda c: metric(c["probs"], c["label"]),
-                            n_bootstrap, groups=[x[2] for x in aligned])
+    pairs, groups, case_ids = [(x[0], x[1]) for x in aligned], [x[2] for x in aligned], [x[3] for x in aligned]
+    if metric is macro_auroc:
+        diff = paired_auc_difference(pairs, n_bootstrap, groups=groups, case_ids=case_ids)
+    else:
+        diff = paired_bootstrap(pairs, lambda c: metric(c["probs"], c["label"]), n_bootstrap, groups=groups,
+                                case_ids=case_ids)
     return diff | {"seed_list": seeds, "verdict": verdict(diff)}
 
 
@@ -750,8 +758,19 @@ CI_INTERVAL_NAMES = {"bootstrap": "percentile bootstrap alone (before)", "score"
                      "widened": "**the two joined (what `evaluate` prints)**"}
 
 
+PAIRED_INTERVAL_NAMES = {"bootstrap, seeds apart": "bootstrap, each seed's cases drawn apart (before)",
+                         "bootstrap": "bootstrap, one draw of cases for all seeds", "mover": "MOVER alone",
+                         "joined": "**the two joined (what this page prints)**"}
+
+
+def _reproduce(file: str, part: dict) -> str:
+    return (f"Reproduce ({file}): `{part.get('command', 'python benchmarks/ci_coverage.py')}` — "
+            f"{part.get('device_name', '?')}; no training, {part.get('seconds', '?')} s.")
+
+
 def ci_coverage_section(runs: list[dict]) -> list[str]:
-    """How often a 95% CI holds the true value on small test sets drawn from stored predictions."""
+    """How often a 95% CI holds the true value on small test sets drawn from stored predictions: the
+    intervals `evaluate` prints, then the paired differences behind every verdict on this page."""
     lines = ["## Do the 95% CIs hold the true value 95% of the time? (small test sets)", "",
              "`benchmarks/ci_coverage.py`: every stored set of per-case predictions (test splits and out-of-fold "
              "cases) with at least ten times n cases is a population whose metric on all its cases is the truth; test "
@@ -764,34 +783,45 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
              "*joined*: the wider of the two on each side, which is what `evaluate` prints now (the bootstrap keeps "
              "a patient's images together, the score interval does not collapse at 0 or 1). The per-dataset rows are "
              "in the JSON. Stratified draws have a little less variance than the simple random sampling the "
-             "intervals assume, so accuracy's coverage reads a little high.", "",
-             "| test cases | metric | interval | case sets | draws | coverage [95% CI] | truth above / below it "
-             "| median width |", "|--:|---|---|--:|--:|--:|--:|--:|"]
+             "intervals assume, so accuracy's coverage reads a little high.", ""]
     for run in runs:
-        for row in run.get("rows", []):
-            if row["dataset"] != "all":
-                continue
-            low, high = row["coverage_ci"]
-            lines.append(f"| {row['n_test']} | {row['metric']} | {CI_INTERVAL_NAMES.get(row['interval'], row['interval'])} "
-                         f"| {row['case_sets']} | {row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
-                         f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} |")
-        if run.get("paired_rows"):
-            lines += ["", "**The paired differences** behind every win, tie and loss on this page (`benchmarks/paired.py`: a "
-                      "percentile bootstrap of the AUC difference, both models scored on the same resampled cases), "
-                      "measured the same way: two stored prediction sets of one source, dataset and seed that score "
-                      "the same cases form a population pair, their AUC difference on all its cases is the truth. "
-                      "*Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.", "",
-                      "| test cases | population pairs | draws | coverage [95% CI] | truth above / below it | median width "
-                      "| win or loss said | wrong-sign verdicts |", "|--:|--:|--:|--:|--:|--:|--:|--:|"]
-            for row in run["paired_rows"]:
+        metrics, paired = run.get("metrics"), run.get("paired")
+        if metrics:
+            lines += ["| test cases | metric | interval | case sets | draws | coverage [95% CI] | truth above / below it "
+                      "| median width |", "|--:|---|---|--:|--:|--:|--:|--:|"]
+            for row in metrics["rows"]:
+                if row["dataset"] != "all":
+                    continue
                 low, high = row["coverage_ci"]
-                lines.append(f"| {row['n_test']} | {row['pairs']} | {row['draws']} | {row['coverage']:.3f} [{low:.3f}, "
-                             f"{high:.3f}] | {row['truth_above']:.3f} / {row['truth_below']:.3f} | "
-                             f"{row['median_width']:.3f} | {row['decided']:.1%} | {row['wrong_verdicts']:.1%} |")
-        lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/ci_coverage.py')}` — "
-                  f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s. The CIs of the rows above "
-                  "are those `evaluate` printed when each row was measured: rows measured before the intervals were "
-                  "joined carry the percentile bootstrap alone, too narrow on small test sets as this table shows.", ""]
+                lines.append(f"| {row['n_test']} | {row['metric']} | "
+                             f"{CI_INTERVAL_NAMES.get(row['interval'], row['interval'])} | {row['case_sets']} | "
+                             f"{row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
+                             f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} |")
+            lines += ["", _reproduce(run["file"], metrics) + " The CIs of the rows above are those `evaluate` printed "
+                      "when each row was measured: rows measured before the intervals were joined carry the percentile "
+                      "bootstrap alone, too narrow on small test sets as this table shows.", ""]
+        if paired:
+            lines += ["**The paired differences** behind every win, tie and loss on this page (`benchmarks/paired.py`), "
+                      "measured the same way: two stored prediction sets of one source and dataset that score the same "
+                      "cases form a population pair, for one seed or pooled over the seeds both rows have (every "
+                      "benchmark here scores each seed on the same test split); the mean over seeds of their AUC "
+                      "difference on all cases is the truth, and every seed gets the same drawn cases. Intervals on "
+                      "the same draws: the percentile bootstrap with each seed's cases resampled apart (what this page "
+                      "printed before; it counts one test set as several), the bootstrap with one draw of cases for "
+                      "every seed, the MOVER interval (each side's Newcombe interval, recovered into one for the "
+                      "difference with the correlation of the two AUCs from DeLong's placement values), and the two "
+                      "joined. *Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.", "",
+                      "| test cases | seeds | interval | population pairs | draws | coverage [95% CI] | truth above / "
+                      "below it | median width | win or loss said | wrong-sign verdicts |",
+                      "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+            for row in paired["rows"]:
+                low, high = row["coverage_ci"]
+                lines.append(f"| {row['n_test']} | {row['seeds']} | "
+                             f"{PAIRED_INTERVAL_NAMES.get(row['interval'], row['interval'])} | {row['pairs']} | "
+                             f"{row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
+                             f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} | "
+                             f"{row['decided']:.1%} | {row['wrong_verdicts']:.1%} |")
+            lines += ["", _reproduce(run["file"], paired), ""]
     return lines
 
 
@@ -845,12 +875,21 @@ def pretrain_verdicts(summary: list[dict]) -> list[str]:
     return lines
 
 
+def _machine_caveat(variant: dict) -> str:
+    """What else differs when the two sides ran on other machines: the verdict is not only the trunk's."""
+    mine, base = variant.get("variant_machines"), variant.get("base_machines")
+    if not mine or not base or mine == base:
+        return ""
+    return (f" Confounded: {variant['variant']} ran on {'; '.join(mine)}, {variant['base']} on {'; '.join(base)}; "
+            "runs of one config on two machines differ too, so this difference is not the trunk's alone.")
+
+
 def variant_lines(variants: list[dict]) -> list[str]:
     """A trunk with a larger pretraining budget against its base, both fine-tuned on the same test cases."""
     return [f"- **{v['variant']}** against **{v['base']}**, both fine-tuned on {DATASET_NAMES.get(v['heldout'], v['heldout'])} "
             f"(seeds {', '.join(map(str, v['seeds']))}, the same test cases; bootstrap over {v['bootstrap_over']}): "
             f"AUC {v['variant_auc']:.3f} against {v['base_auc']:.3f}, ΔAUC {format_difference(v)} **{v['verdict']}**."
-            for v in variants]
+            + _machine_caveat(v) for v in variants]
 
 
 def pretrain_section(runs: list[dict]) -> list[str]:
@@ -860,8 +899,9 @@ def pretrain_section(runs: list[dict]) -> list[str]:
              "per dataset, `configs/pretrain/`) on the other labelled sets' train splits, X never opened; then the "
              "trunk's plain model is trained on X from scratch and fine-tuned on X from that trunk (`model.init_from`), "
              "same seed, split and budget (a full cosine schedule, best-validation-AUC checkpoint). ΔAUC is fine-tuned "
-             "minus scratch on X's test cases: 95% CI from a paired bootstrap (patients where X has ids), pooled over "
-             "seeds; *win*/*loss* only when the CI excludes 0. The trunk's strength is shown beside its sets: the "
+             "minus scratch on X's test cases, pooled over seeds: 95% CI from a paired bootstrap (patients where X has "
+             "ids; one draw of cases for every seed, as they share X's test split) joined with the MOVER interval "
+             "(see the paired section); *win*/*loss* only when the CI excludes 0. The trunk's strength is shown beside its sets: the "
              "median (range) over seeds and sets of its pretraining heads' validation ROC-AUC. A weak trunk (heads "
              "far below what each set reaches alone) makes a tie say little about pretraining in general.", ""]
     for run in runs:

@@ -43,7 +43,7 @@ from paired import (  # noqa: E402
     case_predictions,
     format_difference,
     macro_auroc,
-    paired_bootstrap,
+    paired_auc_difference,
     patient_groups,
     verdict,
 )
@@ -177,7 +177,8 @@ def per_case_predictions(run_dir: Path) -> dict:
 
 
 def align(finetune: dict, scratch: dict, where: str) -> tuple[dict, dict, list | None]:
-    """Both arms' per-case arrays in scratch's case order, and the patient groups (None without ids)."""
+    """Both arms' per-case arrays in scratch's case order (its case ids under "case_id"), and the patient
+    groups (None without ids)."""
     position = {case: i for i, case in enumerate(finetune["case_id"])}
     if set(position) != set(scratch["case_id"]):
         raise BenchmarkError(f"{where}: finetune and scratch were scored on different test cases")
@@ -186,7 +187,7 @@ def align(finetune: dict, scratch: dict, where: str) -> tuple[dict, dict, list |
     b = {"label": np.asarray(scratch["label"]), "probs": np.asarray(scratch["probs"])}
     if not np.array_equal(a["label"], b["label"]):
         raise BenchmarkError(f"{where}: finetune and scratch disagree on the labels of the test cases")
-    return a, b, patient_groups(scratch.get("patient_id"))
+    return a, b | {"case_id": list(scratch["case_id"])}, patient_groups(scratch.get("patient_id"))
 
 
 def _auc(cases: dict) -> float:
@@ -196,18 +197,21 @@ def _auc(cases: dict) -> float:
 def paired_auc(cells: list[tuple[dict, dict, str]], n_bootstrap: int = N_BOOTSTRAP) -> dict:
     """Mean AUC of each side over seeds and the paired difference first - second, CI and verdict, from
     `(first per_case, second per_case, where)` per seed; the bootstrap resamples patients where every
-    seed's cases have them."""
-    pairs, groups = [], []
+    seed's cases have them, and draws one set of cases for every seed where they were all scored on
+    the same cases; the CI is the bootstrap's joined with the MOVER interval (`paired_auc_difference`)."""
+    pairs, groups, case_ids = [], [], []
     for first, second, where in cells:
         a, b, group = align(first, second, where)
+        case_ids.append(b.pop("case_id"))
         pairs.append((a, b))
         groups.append(group)
     by_patient = all(g is not None for g in groups)
-    difference = paired_bootstrap(pairs, _auc, n_bootstrap, groups=groups if by_patient else None)
+    difference = paired_auc_difference(pairs, n_bootstrap, groups=groups if by_patient else None, case_ids=case_ids)
     return {"first_auc": float(np.mean([_auc(a) for a, _ in pairs])),
             "second_auc": float(np.mean([_auc(b) for _, b in pairs])), "n_test": len(pairs[0][1]["label"]),
             **{key: difference[key] for key in ("delta", "ci_low", "ci_high")}, "verdict": verdict(difference),
-            "bootstrap_over": "patients" if by_patient else "cases"}
+            "bootstrap_over": "patients" if by_patient else "cases", "seeds_resampled": difference["seeds_resampled"],
+            **{key: difference[key] for key in ("bootstrap_ci", "score_ci") if key in difference}}
 
 
 def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
@@ -236,7 +240,8 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]
 def compare_variants(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
     """Per held-out dataset where a trunk and its variant (`VARIANT_OF`) were both fine-tuned with the
     same seeds: the paired difference fine-tuned-from-variant minus fine-tuned-from-base on the same
-    test cases, pooled over those seeds. Does the larger pretraining budget buy anything?"""
+    test cases, pooled over those seeds, with the machines (CPU and torch threads) each side ran on: a
+    difference between two machines is not only the trunk's. Does the larger pretraining budget buy anything?"""
     finetuned = {(r["heldout"], r["trunk"], r["seed"]): r for r in records if r["arm"] == "finetune"}
     out = []
     for variant, base in VARIANT_OF.items():
@@ -247,8 +252,11 @@ def compare_variants(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> lis
             paired = paired_auc([(finetuned[(heldout, variant, seed)]["per_case"],
                                   finetuned[(heldout, base, seed)]["per_case"], f"{heldout} {variant} seed {seed}")
                                  for seed in seeds], n_bootstrap)
+            machines = {trunk: sorted({finetuned[(heldout, trunk, seed)].get("device_name", "?") for seed in seeds})
+                        for trunk in (variant, base)}
             out.append({"heldout": heldout, "variant": variant, "base": base, "seeds": seeds,
                         "variant_auc": paired["first_auc"], "base_auc": paired["second_auc"],
+                        "variant_machines": machines[variant], "base_machines": machines[base],
                         **{key: paired[key] for key in ("delta", "ci_low", "ci_high", "verdict", "bootstrap_over")}})
     return out
 

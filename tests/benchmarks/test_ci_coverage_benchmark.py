@@ -44,8 +44,8 @@ def test_the_widened_interval_holds_what_the_bootstrap_misses(bench, tmp_path, c
         {"row": "toy", "seed": 0, "device": "cpu", "tasks": {"label": {"dataset": "toy", "per_case": _population(600, 0)}}}]}))
     out = tmp_path / "ci.json"
     assert bench.main(["--results", str(results), "--draws", "60", "--out", str(out)]) == 0
-    rows = {(r["n_test"], r["metric"], r["interval"]): r for r in json.loads(out.read_text())["rows"]
-            if r["dataset"] == "all"}
+    stored = json.loads(out.read_text())
+    rows = {(r["n_test"], r["metric"], r["interval"]): r for r in stored["metrics"]["rows"] if r["dataset"] == "all"}
     assert {n for n, _, _ in rows} == {20, 50}  # 600 cases: a population at least ten times the draw
     bootstrap, widened = rows[(20, "roc_auc", "bootstrap")], rows[(20, "roc_auc", "widened")]
     assert bootstrap["draws"] == widened["draws"] == 60 and bootstrap["case_sets"] == 1
@@ -73,15 +73,48 @@ def test_population_pairs_align_two_rows_on_the_same_cases(bench):
     worse = _population(600, 0, shift=1.0)
     a, b = _case_set("good", good), _case_set("worse", worse, order=shuffled)
     other_seed = {**_case_set("other", worse), "seed": 1}
-    pairs = bench.population_pairs([a, b, other_seed], rng)
-    assert len(pairs) == 1  # another seed scores other cases: never paired
-    first, second = pairs[0]
+    populations = bench.population_pairs([a, b, other_seed], rng)
+    assert len(populations) == 1 and len(populations[0]) == 1  # another seed scores other cases: never paired
+    ((first, second),) = populations[0]
     assert first["row"] == "good" and np.array_equal(second["labels"], first["labels"])
     np.testing.assert_allclose(second["probs"], np.asarray(worse["probs"]))  # back in a's case order
 
 
+def test_rows_with_several_seeds_on_one_test_set_also_form_a_pooled_population(bench):
+    rng = np.random.default_rng(1)
+    sets = [{**_case_set(row, _population(600, 0, shift), order=rng.permutation(600)), "seed": seed}
+            for seed in (0, 1, 2) for row, shift in (("good", 3.0), ("worse", 1.0))]  # one test set, each seed's order
+    populations = bench.population_pairs(sets, rng)
+    assert sorted(len(p) for p in populations) == [1, 1, 1, 3]
+    pooled = next(p for p in populations if len(p) == 3)
+    reference = pooled[0][0]["case_ids"]
+    assert all(np.array_equal(side["case_ids"], reference) for pair in pooled for side in pair)  # one case order
+
+
+def _seed_copies(per_case: dict, row: str, seeds=(0, 1, 2)) -> list[dict]:
+    return [{**_case_set(row, per_case), "seed": seed} for seed in seeds]
+
+
 def test_paired_intervals_hold_the_true_difference_and_say_its_sign(bench):
     sets = [_case_set("good", _population(1000, 0)), _case_set("worse", _population(1000, 0, shift=1.5))]
-    (row,) = bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200)
-    assert (row["n_test"], row["pairs"], row["draws"]) == (50, 1, 30)
-    assert row["coverage"] >= 0.8 and row["wrong_verdicts"] == 0 and row["decided"] > 0.5
+    rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200)}
+    assert set(rows) == {"bootstrap, seeds apart", "bootstrap", "mover", "joined"}
+    joined = rows["joined"]
+    assert (joined["n_test"], joined["seeds"], joined["pairs"], joined["draws"]) == (50, "one seed", 1, 30)
+    assert joined["coverage"] >= 0.8 and joined["wrong_verdicts"] == 0 and joined["decided"] > 0.5
+    assert joined["median_width"] >= rows["bootstrap"]["median_width"]  # the union of the bootstrap and MOVER
+
+
+def test_seeds_drawn_apart_miss_what_one_draw_for_all_seeds_holds(bench):
+    """Three seeds that predict alike on one test set: resampling each seed's cases apart counts one test
+    set as three and its CI misses the true difference far more often than 5%."""
+    good = _population(1000, 0, shift=1.5)
+    noise = np.random.default_rng(9).normal(0, 1, 1000)  # the other model errs on other cases
+    p1 = 1 / (1 + np.exp(-(noise + 1.2 * (np.asarray(good["label"]) - 0.5))))
+    worse = good | {"probs": np.stack([1 - p1, p1], axis=1).tolist()}
+    sets = _seed_copies(good, "good") + _seed_copies(worse, "worse")
+    rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=2, pooled_draws=60,
+                                                            n_bootstrap=200) if r["seeds"] == "seeds pooled"}
+    assert rows["joined"]["draws"] == 60 and rows["joined"]["pairs"] == 1
+    assert rows["bootstrap, seeds apart"]["coverage"] < 0.85 <= rows["bootstrap"]["coverage"]
+    assert rows["joined"]["coverage"] >= 0.9

@@ -301,6 +301,11 @@ def test_pretraining_section_states_what_each_arm_saw_and_the_paired_verdict(tmp
     assert ("- **resnet18_longer** against **resnet18**, both fine-tuned on TB chest X-ray (Shenzhen + Montgomery) "
             "(seeds 0, 1, the same test cases; bootstrap over patients): AUC 0.870 against 0.850, "
             "ΔAUC +0.020 [-0.010, +0.050] **tie**.") in text
+    variants[0] |= {"variant_machines": ["CPU B, 2 threads"], "base_machines": ["CPU A, 1 threads"]}
+    (tmp_path / "pretrain_cpu.json").write_text(json.dumps({"records": records, "summary": summary, "variants": variants}))
+    line = next(x for x in make_docs.pretrain_section(make_docs.load_pretrain(tmp_path)) if "resnet18_longer** against" in x)
+    assert line.endswith("**tie**. Confounded: resnet18_longer ran on CPU B, 2 threads, resnet18 on CPU A, 1 threads; "
+                         "runs of one config on two machines differ too, so this difference is not the trunk's alone.")
 
 
 def test_pretraining_verdicts_name_where_pretraining_does_not_beat_scratch():
@@ -324,16 +329,26 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
              "truth_below": 0.99 - coverage, "median_width": width}
             for interval, coverage, width in (("bootstrap", 0.7, 0.1), ("widened", 0.97, 0.2))]
     rows.append(rows[0] | {"dataset": "toy"})  # per-dataset rows stay in the JSON
-    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"command": "python benchmarks/ci_coverage.py --draws 20",
-                                                                "device_name": "Test CPU", "seconds": 9.0, "rows": rows}))
+    metrics = {"command": "python benchmarks/ci_coverage.py --parts metrics --draws 20", "device_name": "Test CPU",
+               "seconds": 9.0, "rows": rows}
+    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"metrics": metrics}))
     text = "\n".join(make_docs.ci_coverage_section(make_docs.load_ci_coverage(tmp_path)))
     assert "| 20 | roc_auc | percentile bootstrap alone (before) | 3 | 60 | 0.700 [0.650, 0.750] | 0.010 / 0.290 | 0.100 |" \
         in text
     assert "| 20 | roc_auc | **the two joined (what `evaluate` prints)** | 3 | 60 | 0.970 [0.920, 1.000] |" in text
     assert text.count("| 20 | roc_auc |") == 2 and "The paired differences" not in text
-    assert "Reproduce (ci_coverage_cpu.json): `python benchmarks/ci_coverage.py --draws 20` — Test CPU" in text
-    paired = [{"n_test": 50, "pairs": 4, "draws": 20, "coverage": 0.95, "coverage_ci": [0.75, 0.999],
-               "truth_above": 0.05, "truth_below": 0.0, "median_width": 0.1, "decided": 0.25, "wrong_verdicts": 0.0}]
-    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"rows": rows, "paired_rows": paired}))
+    assert ("Reproduce (ci_coverage_cpu.json): `python benchmarks/ci_coverage.py --parts metrics --draws 20` — Test CPU; "
+            "no training, 9.0 s.") in text
+    paired = [{"n_test": 50, "seeds": seeds, "interval": interval, "pairs": 4, "draws": 20, "coverage": 0.95,
+               "coverage_ci": [0.75, 0.999], "truth_above": 0.05, "truth_below": 0.0, "median_width": 0.1,
+               "decided": 0.25, "wrong_verdicts": 0.0}
+              for seeds in ("one seed", "seeds pooled") for interval in ("bootstrap, seeds apart", "joined")]
+    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"metrics": metrics, "paired": {
+        "command": "python benchmarks/ci_coverage.py --parts paired", "device_name": "Test CPU", "seconds": 5.0,
+        "rows": paired}}))
     text = "\n".join(make_docs.ci_coverage_section(make_docs.load_ci_coverage(tmp_path)))
-    assert "| 50 | 4 | 20 | 0.950 [0.750, 0.999] | 0.050 / 0.000 | 0.100 | 25.0% | 0.0% |" in text
+    assert "| 20 | roc_auc | **the two joined" in text  # the single-model table stays beside the paired one
+    assert ("| 50 | seeds pooled | bootstrap, each seed's cases drawn apart (before) | 4 | 20 | 0.950 [0.750, 0.999] | "
+            "0.050 / 0.000 | 0.100 | 25.0% | 0.0% |") in text
+    assert "| 50 | one seed | **the two joined (what this page prints)** | 4 | 20 |" in text
+    assert "`python benchmarks/ci_coverage.py --parts paired` — Test CPU; no training, 5.0 s." in text

@@ -169,3 +169,60 @@ def test_balanced_accuracy_equals_sklearn_and_ignores_the_majority_class_share(p
     assert paired.balanced_accuracy(probs, labels) == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
     majority = np.tile([1.0, 0, 0, 0], (500, 1))  # always the 70% class: accuracy .7, balanced accuracy .25
     assert paired.accuracy(majority, labels) > 0.65 and paired.balanced_accuracy(majority, labels) == 0.25
+
+
+def test_auroc_influence_gives_delongs_variance(paired):
+    """The per-case shares are DeLong's placement values: their spread within each class is DeLong's
+    variance of the AUC, computed here from the full positive-by-negative comparison matrix."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 120)
+    probs = np.round(_per_case(rng, labels, 0.8), 2)  # ties, counted half
+    share = paired.auroc_influence(probs, labels)
+    pos, neg = probs[labels == 1, 1], probs[labels == 0, 1]
+    kernel = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    delong = kernel.mean(1).var(ddof=1) / len(pos) + kernel.mean(0).var(ddof=1) / len(neg)
+    assert paired._influence_covariance(share, share, labels, None) == pytest.approx(delong, rel=1e-12)
+    assert share.sum() == pytest.approx(0, abs=1e-12)
+    three = rng.integers(0, 3, 200)
+    assert paired.auroc_influence(rng.dirichlet(np.ones(3), 200), three).sum() == pytest.approx(0, abs=1e-12)
+
+
+def test_shared_order_lines_up_seeds_scored_on_the_same_cases(paired):
+    orders = paired.shared_order([["a", "b", "c"], ["c", "a", "b"]])
+    assert [o.tolist() for o in orders] == [[0, 1, 2], [1, 2, 0]]  # seed 2's positions of a, b, c
+    assert paired.shared_order([["a", "b"], ["a", "c"]]) is None  # other cases: independent samples
+    assert paired.shared_order([["a", "b"], None]) is None and paired.shared_order(None) is None
+    assert paired.shared_order([["a", "b"], ["b", "a"]], labels=[[0, 1], [1, 0]]) is not None  # same labels, reordered
+    assert paired.shared_order([["a", "b"], ["a", "b"]], labels=[[0, 1], [1, 1]]) is None  # one id, two labels
+
+
+def test_seeds_on_one_test_set_are_not_counted_as_three_test_sets(paired):
+    """Three seeds whose predictions are the same on one test set carry the evidence of one seed: drawn
+    together their CI is one seed's; drawn apart it was about 1/sqrt(3) as wide."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 150)
+    a, b = {"probs": _per_case(rng, labels, 1.0), "label": labels}, {"probs": _per_case(rng, labels, 0.8), "label": labels}
+    ids = [f"c{i}" for i in range(150)]
+
+    def auc(c):
+        return paired.macro_auroc(c["probs"], c["label"])
+
+    one = paired.paired_bootstrap([(a, b)], auc, 400)
+    together = paired.paired_bootstrap([(a, b)] * 3, auc, 400, case_ids=[ids] * 3)
+    apart = paired.paired_bootstrap([(a, b)] * 3, auc, 400)
+    assert (together["ci_low"], together["ci_high"]) == pytest.approx((one["ci_low"], one["ci_high"]))
+    assert together["seeds_resampled"] == "together" and apart["seeds_resampled"] == "apart"
+    assert apart["ci_high"] - apart["ci_low"] < 0.75 * (together["ci_high"] - together["ci_low"])
+
+
+def test_two_models_that_rank_every_case_right_are_a_tie_not_a_zero_width_ci(paired):
+    """On a sample where both rank every positive first, the bootstrap of the difference is [0, 0];
+    the MOVER interval says how far apart two such models may still be."""
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.zeros(30, int), np.ones(20, int)]
+    p_a, p_b = 0.6 * labels + 0.4 * rng.random(50), 0.6 * labels + 0.4 * rng.random(50)  # each orders a class its way
+    a, b = {"probs": np.c_[1 - p_a, p_a], "label": labels}, {"probs": np.c_[1 - p_b, p_b], "label": labels}
+    diff = paired.paired_auc_difference([(a, b)], 300, seed=int(rng.integers(100)))
+    assert diff["bootstrap_ci"] == [0.0, 0.0] and diff["delta"] == 0.0
+    assert diff["ci_low"] < -0.03 and diff["ci_high"] > 0.03 and paired.verdict(diff) == "tie"
+    assert diff["score_ci"] == [diff["ci_low"], diff["ci_high"]]

@@ -141,6 +141,10 @@ def test_a_variant_trunk_is_compared_with_its_base_fine_tuned_on_the_same_cases(
     assert bench.compare_variants(records, n_bootstrap=50)[0]["seeds"] == [0, 1]
     assert bench.compare_variants([r for r in records if r["trunk"] != "resnet18"], n_bootstrap=50) == []
     assert bench.results(records, n_bootstrap=50)["variants"][0]["seeds"] == [0, 1]
+    for record in records:  # each trunk's runs on its own machine: the comparison names both
+        record["device_name"] = "CPU A, 1 threads" if record["trunk"] == "resnet18" else "CPU B, 2 threads"
+    (apart,) = bench.compare_variants(records, n_bootstrap=50)
+    assert (apart["variant_machines"], apart["base_machines"]) == (["CPU B, 2 threads"], ["CPU A, 1 threads"])
 
 
 def test_arms_are_paired_by_case_id_and_must_score_the_same_cases(bench):
