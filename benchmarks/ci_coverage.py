@@ -193,11 +193,15 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
                           {"probs": b["probs"][pick], "label": b["labels"][pick]}) for a, b in population]
                 ids = [population[0][0]["case_ids"][pick].tolist()] * len(population)
                 draw_seed = int(rng.integers(2**31))
-                apart = paired_bootstrap(cases, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
-                                         seed=draw_seed)
                 joined = paired_auc_difference(cases, n_bootstrap, seed=draw_seed, case_ids=ids)
-                intervals = {"bootstrap, seeds apart": (apart["ci_low"], apart["ci_high"]),
-                             "bootstrap": tuple(joined.get("bootstrap_ci", (joined["ci_low"], joined["ci_high"]))),
+                together = tuple(joined.get("bootstrap_ci", (joined["ci_low"], joined["ci_high"])))
+                if len(population) > 1:
+                    apart = paired_bootstrap(cases, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
+                                             seed=draw_seed)
+                    apart = (apart["ci_low"], apart["ci_high"])
+                else:  # one seed: the same resamples either way
+                    apart = together
+                intervals = {"bootstrap, seeds apart": apart, "bootstrap": together,
                              "mover": tuple(joined.get("score_ci", (None, None))),
                              "joined": (joined["ci_low"], joined["ci_high"])}
                 for interval, (low, high) in intervals.items():
