@@ -137,9 +137,9 @@ def paired_bootstrap(pairs: Sequence[tuple[dict, dict]], statistic: Callable[[di
         deltas = []
         if orders is not None:
             first = _resample(rng, None if groups[0] is None else np.asarray(groups[0])[orders[0]], len(orders[0]))
-        for k, ((a, b), group) in enumerate(zip(pairs, groups)):
+        for index, ((a, b), group) in enumerate(zip(pairs, groups)):
             if orders is not None:
-                idx = orders[k][first]
+                idx = orders[index][first]
             else:
                 idx = _resample(rng, None if group is None else np.asarray(group), len(next(iter(a.values()))))
             deltas.append(statistic({k: v[idx] for k, v in a.items()}) - statistic({k: v[idx] for k, v in b.items()}))
@@ -228,11 +228,11 @@ def mover_auc_difference(pairs: Sequence[tuple[dict, dict]], groups: Sequence | 
         if any(interval is None for interval in intervals):
             return None
         bounds[side] = (min(i[0] for i in intervals), max(i[1] for i in intervals))
-    influences = [(auroc_influence(a["probs"], a["label"]), auroc_influence(b["probs"], b["label"])) for a, b in pairs]
     if all(_same_ranking(a["probs"], b["probs"]) for a, b in pairs):
         # one order of the cases under both (a monotone change of the scores): equal AUCs on any draw
         delta = theta["a"] - theta["b"]
         return {"delta": delta, "ci_low": delta, "ci_high": delta, "correlation": 1.0}
+    influences = [(auroc_influence(a["probs"], a["label"]), auroc_influence(b["probs"], b["label"])) for a, b in pairs]
     if orders is not None:  # one test set: average each case's share over seeds, then one variance
         mean_a = np.mean([inf_a[order] for (inf_a, _), order in zip(influences, orders)], axis=0)
         mean_b = np.mean([inf_b[order] for (_, inf_b), order in zip(influences, orders)], axis=0)
