@@ -517,12 +517,15 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
               "|---|---|---|---|---|--:|---|--:|"]
     lines = ["## Does fusion beat its own backbones? (paired)", "",
              "Test AUC (macro one-vs-rest for several classes) of the first model minus the second, both trained on "
-             "the same split with the same seed and budget and scored on the same test cases: 95% CI from a paired "
-             "bootstrap over cases (patients where one patient has several cases), pooled over the seeds both have "
-             "(mean of per-seed differences). *win*/*loss* only when the CI excludes 0; a *tie* means this data "
-             "cannot tell the two apart, not that they are equal. Measured on stored predictions (the last "
-             "section), these paired CIs held the true difference in .90–.93 of 50–200-case test sets, and a "
-             "verdict had the wrong sign in under 2% of draws. The verdict and the tallies read AUC; ΔACC is the "
+             "the same split with the same seed and budget and scored on the same test cases, pooled over the seeds "
+             "both have (mean of per-seed differences). 95% CI: a paired bootstrap over cases (patients where one "
+             "patient has several cases) with one draw of cases for every seed, since the seeds share the test "
+             "split, joined for ΔAUC with the MOVER interval (each side's Newcombe interval recovered into one for the "
+             "difference with the correlation of the two AUCs from DeLong's placement values). *win*/*loss* only "
+             "when the CI excludes 0; a *tie* means this data cannot tell the two apart, not that they are equal. The "
+             "last section measures how often these CIs hold the true difference, and how often the intervals this "
+             "page printed before (each seed's cases resampled apart, the bootstrap alone) did. The verdict and the "
+             "tallies read AUC; ΔACC is the "
              "same paired difference for test accuracy (the argmax of the probabilities each run printed), which "
              "can move while AUC does not.", ""]
     if fusion:
@@ -646,7 +649,10 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
              "on the run's calibration split and is scored on test. Error AUROC: AUROC of predictive entropy for "
              "wrong vs right; AURC by confidence (lower is better), with the paired difference to the softmax of the "
              "plain model (the head-dropout run's first member) on the same test cases (95% CI from a paired "
-             "bootstrap over cases, pooled over seeds: *win*/*loss* only when the CI excludes 0; the fusion-dropout "
+             "bootstrap over cases, pooled over seeds; *win*/*loss* only when the CI excludes 0. Its per-case files "
+             "hold no case ids, so each seed's cases are resampled apart: where several seeds share one test split "
+             "(PneumoniaMNIST) that counts one test set as several and these CIs are too narrow, see the last section; "
+             "the fusion-dropout "
              "rows are another trained model, so their difference includes that model's own accuracy); ECE (15 bins) and NLL after calibration; LAC conformal "
              "coverage at a 90% target; OOD AUROC of predictive entropy (far: brain MRI vs chest X-ray, near: adult "
              "TB chest X-ray vs paediatric PneumoniaMNIST); cost: wall time as a multiple of one eval-mode pass, "
@@ -764,8 +770,9 @@ PAIRED_INTERVAL_NAMES = {"bootstrap, seeds apart": "bootstrap, each seed's cases
 
 
 def _reproduce(file: str, part: dict) -> str:
+    note = f" ({part['seconds_note']})" if part.get("seconds_note") else ""
     return (f"Reproduce ({file}): `{part.get('command', 'python benchmarks/ci_coverage.py')}` — "
-            f"{part.get('device_name', '?')}; no training, {part.get('seconds', '?')} s.")
+            f"{part.get('device_name', '?')}; no training, {part.get('seconds', '?')} s{note}.")
 
 
 def ci_coverage_section(runs: list[dict]) -> list[str]:
@@ -1092,8 +1099,9 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
         return []
     return ["### Paired, out of fold", "",
             "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
-            "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several; "
-            "pooled over the seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
+            "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several, one "
+            "draw for every seed since each seed scores every folded case; ΔAUC's joined with the MOVER interval, "
+            "as in the paired section above; pooled over the seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
             "accuracy (the mean recall over classes: what an imbalanced set such as HAM10000 is judged by).", "",
             f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS} Δbalanced ACC [95% CI], verdict |",
             "|---|---|---|---|---|--:|---|--:|--:|", *lines, ""]

@@ -214,6 +214,10 @@ def paired_auc(cells: list[tuple[dict, dict, str]], n_bootstrap: int = N_BOOTSTR
             **{key: difference[key] for key in ("bootstrap_ci", "score_ci") if key in difference}}
 
 
+# What a summary or variant line keeps of paired_auc: the difference, its CI and the two it joins, the verdict.
+PAIRED_KEYS = ("delta", "ci_low", "ci_high", "bootstrap_ci", "score_ci", "verdict", "bootstrap_over", "seeds_resampled")
+
+
 def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]:
     """Per (held-out dataset, trunk) with both target arms: mean AUCs over seeds and the paired
     difference finetune - scratch with its CI and verdict."""
@@ -231,7 +235,7 @@ def summarise(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> list[dict]
         first = by_key[(heldout, trunk, "finetune", seeds[0])]
         out.append({"heldout": heldout, "trunk": trunk, "seeds": seeds, "n_test": paired["n_test"],
                     "scratch_auc": paired["second_auc"], "finetune_auc": paired["first_auc"],
-                    **{key: paired[key] for key in ("delta", "ci_low", "ci_high", "verdict", "bootstrap_over")},
+                    **{key: paired[key] for key in PAIRED_KEYS if key in paired},
                     "pretrained_on": first["pretrained_on"], "source_px": first["source_px"],
                     "img_size": first["img_size"]})
     return out
@@ -257,7 +261,7 @@ def compare_variants(records: list[dict], n_bootstrap: int = N_BOOTSTRAP) -> lis
             out.append({"heldout": heldout, "variant": variant, "base": base, "seeds": seeds,
                         "variant_auc": paired["first_auc"], "base_auc": paired["second_auc"],
                         "variant_machines": machines[variant], "base_machines": machines[base],
-                        **{key: paired[key] for key in ("delta", "ci_low", "ci_high", "verdict", "bootstrap_over")}})
+                        **{key: paired[key] for key in PAIRED_KEYS if key in paired}})
     return out
 
 

@@ -105,6 +105,10 @@ def test_summary_says_win_only_when_the_paired_ci_excludes_zero(bench):
     better = bench.summarise(_records(rng, 0.1, 0.4), n_bootstrap=200)[0]
     assert better["verdict"] == "win" and better["ci_low"] > 0 and better["seeds"] == [0, 1, 2]
     assert better["finetune_auc"] > better["scratch_auc"] and better["pretrained_on"] == ["pneumoniamnist"]
+    # the CI is the union of the bootstrap's and the MOVER interval, both kept; each seed drew its own test cases
+    assert better["ci_low"] == min(better["bootstrap_ci"][0], better["score_ci"][0])
+    assert better["ci_high"] == max(better["bootstrap_ci"][1], better["score_ci"][1])
+    assert better["seeds_resampled"] == "apart"
     same = bench.summarise(_records(rng, 0.3, 0.3), n_bootstrap=200)[0]
     assert same["verdict"] == "tie" and same["ci_low"] < 0 < same["ci_high"]
     worse = bench.summarise(_records(rng, 0.4, 0.1), n_bootstrap=200)[0]
