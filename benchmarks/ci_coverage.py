@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
-from paired import N_BOOTSTRAP, macro_auroc, paired_auc_difference, paired_bootstrap, verdict
+from paired import N_BOOTSTRAP, auc_difference_intervals, macro_auroc, paired_bootstrap, verdict
 from referral import SOURCES, case_sets
 
 from dualfuse.evaluation.metrics import classification_metrics
@@ -166,7 +166,7 @@ def _align(a: dict, b: dict, reference: dict) -> tuple[dict, dict] | None:
     return sides[0], sides[1]
 
 
-PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "mover", "joined")  # joined: what the docs print now
+PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "delong", "mover", "bootstrap + delong", "bootstrap + mover")
 
 
 def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: int = 0,
@@ -174,10 +174,15 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
     """One row per (test-set size, one seed or pooled seeds, interval): how often the paired 95% CI of the
     AUC difference holds the true difference, and how often its verdict has the wrong sign. Intervals
     on the same draw: the bootstrap with each seed's cases drawn apart (the docs before), the bootstrap
-    with one draw for all seeds, the MOVER interval alone, and their union (`paired_auc_difference`).
+    with one draw for all seeds, the DeLong and MOVER intervals alone (`auc_difference_intervals`), and
+    each joined with the bootstrap (`paired_auc_difference` prints one of these).
     Pooled populations are fewer, so they may get more draws (`pooled_draws`, default `draws`)."""
     rng = np.random.default_rng(seed)
     populations = population_pairs(sets, rng)
+
+    def auc(cases: dict) -> float:
+        return macro_auroc(cases["probs"], cases["label"])
+
     tally: dict[tuple, dict] = {}
     for n in sizes:
         for population in populations:
@@ -193,17 +198,21 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
                           {"probs": b["probs"][pick], "label": b["labels"][pick]}) for a, b in population]
                 ids = [population[0][0]["case_ids"][pick].tolist()] * len(population)
                 draw_seed = int(rng.integers(2**31))
-                joined = paired_auc_difference(cases, n_bootstrap, seed=draw_seed, case_ids=ids)
-                together = tuple(joined.get("bootstrap_ci", (joined["ci_low"], joined["ci_high"])))
+                boot = paired_bootstrap(cases, auc, n_bootstrap, seed=draw_seed, case_ids=ids)
+                together = (boot["ci_low"], boot["ci_high"])
                 if len(population) > 1:
-                    apart = paired_bootstrap(cases, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap,
-                                             seed=draw_seed)
+                    apart = paired_bootstrap(cases, auc, n_bootstrap, seed=draw_seed)
                     apart = (apart["ci_low"], apart["ci_high"])
                 else:  # one seed: the same resamples either way
                     apart = together
-                intervals = {"bootstrap, seeds apart": apart, "bootstrap": together,
-                             "mover": tuple(joined.get("score_ci", (None, None))),
-                             "joined": (joined["ci_low"], joined["ci_high"])}
+                closed = auc_difference_intervals(cases, case_ids=ids) or {"delong": (None, None),
+                                                                           "mover": (None, None)}
+                intervals = {"bootstrap, seeds apart": apart, "bootstrap": together}
+                for method in ("delong", "mover"):
+                    low, high = closed[method]
+                    intervals[method] = (low, high)
+                    intervals[f"bootstrap + {method}"] = (together if low is None else
+                                                          (min(together[0], low), max(together[1], high)))
                 for interval, (low, high) in intervals.items():
                     entry = tally.setdefault((n, kind, interval), {"pairs": set(), "held": 0, "above": 0, "below": 0,
                                                                    "widths": [], "decided": 0, "wrong": 0})

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS, read_json  # noqa: E402
 from paired import (  # noqa: E402
+    SCORE_METHOD,
     accuracy,
     balanced_accuracy,
     format_difference,
@@ -29,6 +30,12 @@ from paired import (  # noqa: E402
     verdict,
 )
 
+# How the docs name the closed-form interval that paired.py joins with the bootstrap for an AUC difference.
+SCORE_NAME = {"delong": "DeLong", "mover": "MOVER"}[SCORE_METHOD]
+SCORE_DESCRIPTION = {
+    "delong": "the DeLong interval (Wald, with DeLong's variance of the difference from each case's placement values)",
+    "mover": "the MOVER interval (each side's Newcombe interval recovered into one for the difference with the "
+             "correlation of the two AUCs from DeLong's placement values)"}[SCORE_METHOD]
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADER = """# Benchmarks
@@ -436,7 +443,7 @@ def _aligned(a: dict, b: dict) -> tuple[dict, dict, list | None, list] | None:
 
 def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) -> dict | None:
     """Test `metric` (AUC; or accuracy) of entry a minus entry b over the seeds both have, paired case by
-    case (seeds scored on the same cases share each bootstrap draw; AUC's CI is joined with the MOVER
+    case (seeds scored on the same cases share each bootstrap draw; AUC's CI is joined with a closed-form
     interval, `paired_auc_difference`); None when they share no seed with per-case predictions on the
     same cases."""
     seeds_a = {r["seed"]: r["numbers"].get("per_case") for r in a["runs"]}
@@ -520,8 +527,7 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
              "the same split with the same seed and budget and scored on the same test cases, pooled over the seeds "
              "both have (mean of per-seed differences). 95% CI: a paired bootstrap over cases (patients where one "
              "patient has several cases) with one draw of cases for every seed, since the seeds share the test "
-             "split, joined for ΔAUC with the MOVER interval (each side's Newcombe interval recovered into one for the "
-             "difference with the correlation of the two AUCs from DeLong's placement values). *win*/*loss* only "
+             f"split, joined for ΔAUC with {SCORE_DESCRIPTION}. *win*/*loss* only "
              "when the CI excludes 0; a *tie* means this data cannot tell the two apart, not that they are equal. The "
              "last section measures how often these CIs hold the true difference, and how often the intervals this "
              "page printed before (each seed's cases resampled apart, the bootstrap alone) did. The verdict and the "
@@ -765,8 +771,14 @@ CI_INTERVAL_NAMES = {"bootstrap": "percentile bootstrap alone (before)", "score"
 
 
 PAIRED_INTERVAL_NAMES = {"bootstrap, seeds apart": "bootstrap, each seed's cases drawn apart (before)",
-                         "bootstrap": "bootstrap, one draw of cases for all seeds", "mover": "MOVER alone",
-                         "joined": "**the two joined (what this page prints)**"}
+                         "bootstrap": "bootstrap, one draw of cases for all seeds", "delong": "DeLong alone",
+                         "mover": "MOVER alone", "bootstrap + delong": "bootstrap + DeLong",
+                         "bootstrap + mover": "bootstrap + MOVER"}
+
+
+def _paired_interval_name(interval: str) -> str:
+    name = PAIRED_INTERVAL_NAMES.get(interval, interval)
+    return f"**{name} (what this page prints)**" if interval == f"bootstrap + {SCORE_METHOD}" else name
 
 
 def _reproduce(file: str, part: dict) -> str:
@@ -815,16 +827,18 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
                       "difference on all cases is the truth, and every seed gets the same drawn cases. Intervals on "
                       "the same draws: the percentile bootstrap with each seed's cases resampled apart (what this page "
                       "printed before; it counts one test set as several), the bootstrap with one draw of cases for "
-                      "every seed, the MOVER interval (each side's Newcombe interval, recovered into one for the "
-                      "difference with the correlation of the two AUCs from DeLong's placement values), and the two "
-                      "joined. *Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.", "",
+                      "every seed, two closed-form intervals built from DeLong's placement values (*DeLong*: the Wald "
+                      "interval with DeLong's variance of the difference; *MOVER*: each side's Newcombe interval, "
+                      "recovered into one for the difference with the correlation of the two AUCs), and each of them "
+                      "joined with the bootstrap (the wider on each side). *Wrong-sign verdict*: a win where the truth "
+                      "is a loss, or a loss where it is a win.", "",
                       "| test cases | seeds | interval | population pairs | draws | coverage [95% CI] | truth above / "
                       "below it | median width | win or loss said | wrong-sign verdicts |",
                       "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|"]
             for row in paired["rows"]:
                 low, high = row["coverage_ci"]
                 lines.append(f"| {row['n_test']} | {row['seeds']} | "
-                             f"{PAIRED_INTERVAL_NAMES.get(row['interval'], row['interval'])} | {row['pairs']} | "
+                             f"{_paired_interval_name(row['interval'])} | {row['pairs']} | "
                              f"{row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
                              f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} | "
                              f"{row['decided']:.1%} | {row['wrong_verdicts']:.1%} |")
@@ -907,8 +921,8 @@ def pretrain_section(runs: list[dict]) -> list[str]:
              "trunk's plain model is trained on X from scratch and fine-tuned on X from that trunk (`model.init_from`), "
              "same seed, split and budget (a full cosine schedule, best-validation-AUC checkpoint). ΔAUC is fine-tuned "
              "minus scratch on X's test cases, pooled over seeds: 95% CI from a paired bootstrap (patients where X has "
-             "ids; one draw of cases for every seed, as they share X's test split) joined with the MOVER interval "
-             "(see the paired section); *win*/*loss* only when the CI excludes 0. The trunk's strength is shown beside its sets: the "
+             f"ids; one draw of cases for every seed, as they share X's test split) joined with the {SCORE_NAME} "
+             "interval (see the paired section); *win*/*loss* only when the CI excludes 0. The trunk's strength is shown beside its sets: the "
              "median (range) over seeds and sets of its pretraining heads' validation ROC-AUC. A weak trunk (heads "
              "far below what each set reaches alone) makes a tie say little about pretraining in general.", ""]
     for run in runs:
@@ -1100,7 +1114,7 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
     return ["### Paired, out of fold", "",
             "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
             "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several, one "
-            "draw for every seed since each seed scores every folded case; ΔAUC's joined with the MOVER interval, "
+            f"draw for every seed since each seed scores every folded case; ΔAUC's joined with the {SCORE_NAME} interval, "
             "as in the paired section above; pooled over the seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
             "accuracy (the mean recall over classes: what an imbalanced set such as HAM10000 is judged by).", "",
             f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS} Δbalanced ACC [95% CI], verdict |",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 N_BOOTSTRAP = 1000
 
@@ -203,12 +203,19 @@ def _same_ranking(first: np.ndarray, second: np.ndarray) -> bool:
                for (_, x), (_, y) in zip(_class_scores(first), _class_scores(second)))
 
 
-def mover_auc_difference(pairs: Sequence[tuple[dict, dict]], groups: Sequence | None = None,
-                         case_ids: Sequence[Sequence[str]] | None = None, confidence: float = 0.95) -> dict | None:
-    """The MOVER interval of mean-over-seeds macro AUC(a) - AUC(b): Newcombe's score interval for each
-    side's AUC (at each seed's class counts, the widest over seeds), recovered into an interval of the
-    difference with the correlation of the two sides' DeLong influences (seeds on the same cases
-    averaged case by case, seeds on different cases independent). None where an AUC is undefined."""
+def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequence | None = None,
+                             case_ids: Sequence[Sequence[str]] | None = None,
+                             confidence: float = 0.95) -> dict | None:
+    """Two closed-form 95% intervals of mean-over-seeds macro AUC(a) - AUC(b), from DeLong's per-case
+    influences (seeds on the same cases averaged case by case, seeds on different cases independent):
+
+    - "delong": the Wald interval with DeLong's variance of the difference;
+    - "mover": Zou & Donner's MOVER, Newcombe's score interval for each side's AUC (at each seed's class
+      counts, the widest over seeds) recovered into one for the difference with the two AUCs'
+      correlation; it does not collapse where both AUCs sit at 1, but with highly correlated models
+      and lopsided side intervals it is wider than it needs to be.
+
+    None where an AUC is undefined."""
     from dualfuse.evaluation.metrics import score_interval  # imports torch through dualfuse: only when needed
 
     pairs = _as_arrays(pairs)
@@ -221,6 +228,10 @@ def mover_auc_difference(pairs: Sequence[tuple[dict, dict]], groups: Sequence | 
     if any(np.isnan(v) for values in sides.values() for v in values):
         return None
     theta = {side: float(np.mean(values)) for side, values in sides.items()}
+    delta = theta["a"] - theta["b"]
+    if all(_same_ranking(a["probs"], b["probs"]) for a, b in pairs):
+        # one order of the cases under both (a monotone change of the scores): equal AUCs on any draw
+        return {"delta": delta, "delong": (delta, delta), "mover": (delta, delta), "correlation": 1.0}
     bounds = {}
     for side, index in (("a", 0), ("b", 1)):
         intervals = [score_interval("roc_auc", theta[side], pair[index]["label"].astype(int),
@@ -228,10 +239,6 @@ def mover_auc_difference(pairs: Sequence[tuple[dict, dict]], groups: Sequence | 
         if any(interval is None for interval in intervals):
             return None
         bounds[side] = (min(i[0] for i in intervals), max(i[1] for i in intervals))
-    if all(_same_ranking(a["probs"], b["probs"]) for a, b in pairs):
-        # one order of the cases under both (a monotone change of the scores): equal AUCs on any draw
-        delta = theta["a"] - theta["b"]
-        return {"delta": delta, "ci_low": delta, "ci_high": delta, "correlation": 1.0}
     influences = [(auroc_influence(a["probs"], a["label"]), auroc_influence(b["probs"], b["label"])) for a, b in pairs]
     if orders is not None:  # one test set: average each case's share over seeds, then one variance
         mean_a = np.mean([inf_a[order] for (inf_a, _), order in zip(influences, orders)], axis=0)
@@ -246,29 +253,35 @@ def mover_auc_difference(pairs: Sequence[tuple[dict, dict]], groups: Sequence | 
             group = None if group is None else np.asarray(group)
             for key, (x, y) in {"aa": (inf_a, inf_a), "bb": (inf_b, inf_b), "ab": (inf_a, inf_b)}.items():
                 cov[key] += _influence_covariance(x, y, a["label"], group) / len(pairs) ** 2
+    z = float(norm.ppf(0.5 + confidence / 2))
+    spread = z * np.sqrt(max(cov["aa"] + cov["bb"] - 2 * cov["ab"], 0.0))
     r = cov["ab"] / np.sqrt(cov["aa"] * cov["bb"]) if cov["aa"] > 0 and cov["bb"] > 0 else 0.0
     r = float(np.clip(r, -1.0, 1.0))
-    delta = theta["a"] - theta["b"]
     below_a, above_a = theta["a"] - bounds["a"][0], bounds["a"][1] - theta["a"]
     below_b, above_b = theta["b"] - bounds["b"][0], bounds["b"][1] - theta["b"]
     low = delta - np.sqrt(max(below_a ** 2 + above_b ** 2 - 2 * r * below_a * above_b, 0.0))
     high = delta + np.sqrt(max(above_a ** 2 + below_b ** 2 - 2 * r * above_a * below_b, 0.0))
-    return {"delta": delta, "ci_low": float(low), "ci_high": float(high), "correlation": r}
+    return {"delta": delta, "delong": (delta - spread, delta + spread), "mover": (float(low), float(high)),
+            "correlation": r}
+
+
+SCORE_METHOD = "mover"  # the closed-form interval paired_auc_difference joins with the bootstrap
 
 
 def paired_auc_difference(pairs: Sequence[tuple[dict, dict]], n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-                          groups: Sequence | None = None, case_ids: Sequence[Sequence[str]] | None = None) -> dict:
-    """Mean over seeds of macro AUC(a) - AUC(b): the paired bootstrap's CI joined with the MOVER interval
-    (the wider on each side), both kept (`bootstrap_ci`, `score_ci`)."""
+                          groups: Sequence | None = None, case_ids: Sequence[Sequence[str]] | None = None,
+                          method: str = SCORE_METHOD) -> dict:
+    """Mean over seeds of macro AUC(a) - AUC(b): the paired bootstrap's CI joined with a closed-form
+    interval (`method`, from auc_difference_intervals; the wider on each side), both kept
+    (`bootstrap_ci`, `score_ci`)."""
     difference = paired_bootstrap(pairs, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap, seed,
                                   groups, case_ids)
-    mover = mover_auc_difference(pairs, groups, case_ids)
-    if mover is None:
+    closed = auc_difference_intervals(pairs, groups, case_ids)
+    if closed is None:
         return difference
-    boot = [difference["ci_low"], difference["ci_high"]]
-    return difference | {"ci_low": min(boot[0], mover["ci_low"]), "ci_high": max(boot[1], mover["ci_high"]),
-                         "bootstrap_ci": boot, "score_ci": [mover["ci_low"], mover["ci_high"]],
-                         "correlation": mover["correlation"]}
+    boot, score = [difference["ci_low"], difference["ci_high"]], [float(x) for x in closed[method]]
+    return difference | {"ci_low": min(boot[0], score[0]), "ci_high": max(boot[1], score[1]), "bootstrap_ci": boot,
+                         "score_ci": score, "score_method": method, "correlation": closed["correlation"]}
 
 
 def verdict(difference: dict, lower_is_better: bool = False) -> str:

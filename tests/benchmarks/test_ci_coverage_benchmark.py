@@ -98,11 +98,13 @@ def _seed_copies(per_case: dict, row: str, seeds=(0, 1, 2)) -> list[dict]:
 def test_paired_intervals_hold_the_true_difference_and_say_its_sign(bench):
     sets = [_case_set("good", _population(1000, 0)), _case_set("worse", _population(1000, 0, shift=1.5))]
     rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200)}
-    assert set(rows) == {"bootstrap, seeds apart", "bootstrap", "mover", "joined"}
-    joined = rows["joined"]
-    assert (joined["n_test"], joined["seeds"], joined["pairs"], joined["draws"]) == (50, "one seed", 1, 30)
-    assert joined["coverage"] >= 0.8 and joined["wrong_verdicts"] == 0 and joined["decided"] > 0.5
-    assert joined["median_width"] >= rows["bootstrap"]["median_width"]  # the union of the bootstrap and MOVER
+    assert set(rows) == set(bench.PAIRED_INTERVALS)
+    for method in ("delong", "mover"):
+        joined = rows[f"bootstrap + {method}"]
+        assert (joined["n_test"], joined["seeds"], joined["pairs"], joined["draws"]) == (50, "one seed", 1, 30)
+        assert joined["coverage"] >= 0.8 and joined["wrong_verdicts"] == 0 and joined["decided"] > 0.5
+        assert joined["median_width"] >= rows["bootstrap"]["median_width"]  # a union holds the bootstrap's CI
+        assert joined["median_width"] >= rows[method]["median_width"] - 1e-12
 
 
 def test_seeds_drawn_apart_miss_what_one_draw_for_all_seeds_holds(bench):
@@ -115,6 +117,6 @@ def test_seeds_drawn_apart_miss_what_one_draw_for_all_seeds_holds(bench):
     sets = _seed_copies(good, "good") + _seed_copies(worse, "worse")
     rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=2, pooled_draws=60,
                                                             n_bootstrap=200) if r["seeds"] == "seeds pooled"}
-    assert rows["joined"]["draws"] == 60 and rows["joined"]["pairs"] == 1
+    assert rows["bootstrap + mover"]["draws"] == 60 and rows["bootstrap + mover"]["pairs"] == 1
     assert rows["bootstrap, seeds apart"]["coverage"] < 0.85 <= rows["bootstrap"]["coverage"]
-    assert rows["joined"]["coverage"] >= 0.9
+    assert rows["bootstrap + delong"]["coverage"] >= 0.9 and rows["bootstrap + mover"]["coverage"] >= 0.9

@@ -342,7 +342,8 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
     paired = [{"n_test": 50, "seeds": seeds, "interval": interval, "pairs": 4, "draws": 20, "coverage": 0.95,
                "coverage_ci": [0.75, 0.999], "truth_above": 0.05, "truth_below": 0.0, "median_width": 0.1,
                "decided": 0.25, "wrong_verdicts": 0.0}
-              for seeds in ("one seed", "seeds pooled") for interval in ("bootstrap, seeds apart", "joined")]
+              for seeds in ("one seed", "seeds pooled") for interval in ("bootstrap, seeds apart", "bootstrap + delong",
+                                                                         "bootstrap + mover")]
     (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"metrics": metrics, "paired": {
         "command": "python benchmarks/ci_coverage.py --parts paired", "device_name": "Test CPU", "seconds": 5.0,
         "rows": paired}}))
@@ -350,5 +351,7 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
     assert "| 20 | roc_auc | **the two joined" in text  # the single-model table stays beside the paired one
     assert ("| 50 | seeds pooled | bootstrap, each seed's cases drawn apart (before) | 4 | 20 | 0.950 [0.750, 0.999] | "
             "0.050 / 0.000 | 0.100 | 25.0% | 0.0% |") in text
-    assert "| 50 | one seed | **the two joined (what this page prints)** | 4 | 20 |" in text
+    printed = {"delong": "DeLong", "mover": "MOVER"}[make_docs.SCORE_METHOD]
+    assert f"| 50 | one seed | **bootstrap + {printed} (what this page prints)** | 4 | 20 |" in text
+    assert text.count("(what this page prints)") == 2  # one seed and pooled; the other union is named plainly
     assert "`python benchmarks/ci_coverage.py --parts paired` — Test CPU; no training, 5.0 s." in text
