@@ -206,7 +206,7 @@ def _same_ranking(first: np.ndarray, second: np.ndarray) -> bool:
 
 def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequence | None = None,
                              case_ids: Sequence[Sequence[str]] | None = None,
-                             confidence: float = 0.95) -> dict | None:
+                             confidence: float = 0.95, methods: Sequence[str] = ("delong", "mover")) -> dict | None:
     """Two closed-form 95% intervals of mean-over-seeds macro AUC(a) - AUC(b), from DeLong's per-case
     influences (seeds on the same cases averaged case by case, seeds on different cases independent):
 
@@ -216,9 +216,8 @@ def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequenc
       correlation; it does not collapse where both AUCs sit at 1, but with highly correlated models
       and lopsided side intervals it is wider than it needs to be.
 
-    None where an AUC is undefined."""
-    from dualfuse.evaluation.metrics import score_interval  # imports torch through dualfuse: only when needed
-
+    Only `methods` are computed (MOVER's Newcombe intervals import dualfuse, and with it torch). None
+    where an AUC is undefined."""
     pairs = _as_arrays(pairs)
     groups = list(groups) if groups is not None else [None] * len(pairs)
     orders = shared_order(case_ids, [a["label"] for a, _ in pairs])
@@ -232,9 +231,11 @@ def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequenc
     delta = theta["a"] - theta["b"]
     if all(_same_ranking(a["probs"], b["probs"]) for a, b in pairs):
         # one order of the cases under both (a monotone change of the scores): equal AUCs on any draw
-        return {"delta": delta, "delong": (delta, delta), "mover": (delta, delta), "correlation": 1.0}
+        return {"delta": delta, "correlation": 1.0} | {method: (delta, delta) for method in methods}
     bounds = {}
-    for side, index in (("a", 0), ("b", 1)):
+    for side, index in (("a", 0), ("b", 1)) if "mover" in methods else ():
+        from dualfuse.evaluation.metrics import score_interval  # imports torch through dualfuse: only for MOVER
+
         intervals = [score_interval("roc_auc", theta[side], pair[index]["label"].astype(int),
                                     pair[index]["probs"].shape[1], confidence) for pair in pairs]
         if any(interval is None for interval in intervals):
@@ -258,12 +259,16 @@ def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequenc
     spread = z * np.sqrt(max(cov["aa"] + cov["bb"] - 2 * cov["ab"], 0.0))
     r = cov["ab"] / np.sqrt(cov["aa"] * cov["bb"]) if cov["aa"] > 0 and cov["bb"] > 0 else 0.0
     r = float(np.clip(r, -1.0, 1.0))
+    out = {"delta": delta, "correlation": r}
+    if "delong" in methods:
+        out["delong"] = (delta - spread, delta + spread)
+    if "mover" not in methods:
+        return out
     below_a, above_a = theta["a"] - bounds["a"][0], bounds["a"][1] - theta["a"]
     below_b, above_b = theta["b"] - bounds["b"][0], bounds["b"][1] - theta["b"]
     low = delta - np.sqrt(max(below_a ** 2 + above_b ** 2 - 2 * r * below_a * above_b, 0.0))
     high = delta + np.sqrt(max(above_a ** 2 + below_b ** 2 - 2 * r * above_a * below_b, 0.0))
-    return {"delta": delta, "delong": (delta - spread, delta + spread), "mover": (float(low), float(high)),
-            "correlation": r}
+    return out | {"mover": (float(low), float(high))}
 
 
 SCORE_METHOD = "delong"  # joined with the bootstrap: measured in ci_coverage.py, MOVER over-covered at twice the width
@@ -277,7 +282,7 @@ def paired_auc_difference(pairs: Sequence[tuple[dict, dict]], n_bootstrap: int =
     (`bootstrap_ci`, `score_ci`)."""
     difference = paired_bootstrap(pairs, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap, seed,
                                   groups, case_ids)
-    closed = auc_difference_intervals(pairs, groups, case_ids)
+    closed = auc_difference_intervals(pairs, groups, case_ids, methods=(method,))
     if closed is None:
         return difference
     boot, score = [difference["ci_low"], difference["ci_high"]], [float(x) for x in closed[method]]
