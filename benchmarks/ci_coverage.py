@@ -16,14 +16,15 @@ read it as a lower bound of the uncertainty). The population is at least ten tim
 sampling without replacement is close to the bootstrap's with-replacement model.
 
 The paired differences behind every "win", "tie" or "loss" in docs/benchmarks.md (benchmarks/paired.py)
-are measured the same way: two stored prediction sets of one source and dataset that score the same
-cases form a population pair, for one seed or pooled over the seeds both rows have; the mean over
-seeds of their AUC difference on all cases is the truth. n cases are drawn, the same for every seed,
-and four intervals are checked on each draw: the percentile bootstrap with each seed's cases
-resampled apart (what the docs printed before), the bootstrap with one draw for every seed, the MOVER
-interval alone, and the last two joined (what the docs print now). A *wrong verdict* is a "win" where
-the truth is a loss or a "loss" where it is a win. `--parts` measures one part and keeps the other's
-rows from `--out`.
+are measured the same way, for AUC (part "paired") and accuracy ("paired_accuracy"): two stored
+prediction sets of one source and dataset that score the same cases form a population pair, for one
+seed or pooled over the seeds both rows have; the mean over seeds of their difference on all cases is
+the truth. n cases are drawn, the same for every seed, and on each draw: the percentile bootstrap with
+each seed's cases resampled apart (what the docs printed before), the bootstrap with one draw for
+every seed, each closed-form interval alone (AUC: DeLong, MOVER; accuracy: Wald, Newcombe, MOVER) and
+each joined with the bootstrap (the docs print one of these per difference). A *wrong verdict* is a
+"win" where the truth is a loss or a "loss" where it is a win. `--parts` measures the parts named
+and keeps the others' rows from `--out`.
 
     python benchmarks/ci_coverage.py --out docs/results/ci_coverage_cpu.json
 """
@@ -36,7 +37,16 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
-from paired import N_BOOTSTRAP, auc_difference_intervals, macro_auroc, paired_bootstrap, verdict
+from paired import (
+    N_BOOTSTRAP,
+    accuracy,
+    accuracy_difference_intervals,
+    align_cases,
+    auc_difference_intervals,
+    macro_auroc,
+    paired_bootstrap,
+    verdict,
+)
 from referral import SOURCES, case_sets
 
 from dualfuse.evaluation.metrics import classification_metrics
@@ -48,7 +58,7 @@ PAIRS_PER_GROUP = 4  # population pairs per (source, dataset, seed) at the most,
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 INTERVALS = ("bootstrap", "score", "widened")  # evaluate prints "widened": the union of the other two
 POPULATION_FACTOR = 10  # a population holds at least this many times the cases of a draw
-PARTS = ("metrics", "paired")  # single-model intervals; paired differences
+PARTS = ("metrics", "paired", "paired_accuracy")  # single-model intervals; paired AUC and accuracy differences
 
 
 def stratified_draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,46 +161,51 @@ def population_pairs(sets: list[dict], rng: np.random.Generator, most: int = PAI
 
 def _align(a: dict, b: dict, reference: dict) -> tuple[dict, dict] | None:
     """a and b reordered to `reference`'s cases, or None when either scores other cases or other labels."""
-    order = reference["case_ids"].tolist()
-    sides = []
-    for case_set in (a, b):
-        if sorted(case_set["case_ids"].tolist()) != sorted(order):
-            return None
-        where = {case: k for k, case in enumerate(case_set["case_ids"].tolist())}
-        index = np.array([where[case] for case in order])
-        sides.append({**case_set, "probs": case_set["probs"][index], "labels": case_set["labels"][index],
-                      "case_ids": case_set["case_ids"][index]})
-    if not np.array_equal(sides[0]["labels"], sides[1]["labels"]) or not np.array_equal(
-            sides[0]["labels"], reference["labels"]):
+    def cases(case_set: dict) -> dict:
+        return {"case_id": case_set["case_ids"], "label": case_set["labels"], "probs": case_set["probs"]}
+
+    try:
+        sides = align_cases(cases(a), cases(b), order=reference["case_ids"].tolist())
+    except ValueError:
         return None
-    return sides[0], sides[1]
+    if not np.array_equal(sides[0]["label"], reference["labels"]):
+        return None
+    return tuple({**case_set, "probs": side["probs"], "labels": side["label"], "case_ids": side["case_id"]}
+                 for case_set, side in zip((a, b), sides))
 
 
-PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "delong", "mover", "bootstrap + delong", "bootstrap + mover")
+PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "delong", "wald", "newcombe", "mover", "bootstrap + delong",
+                    "bootstrap + wald", "bootstrap + newcombe", "bootstrap + mover")
+# Per difference: its statistic, its closed-form intervals (method: (low, high) or None) and their names.
+PAIRED_METRICS = {
+    "roc_auc": (lambda c: macro_auroc(c["probs"], c["label"]),
+                lambda cases, ids: auc_difference_intervals(cases, case_ids=ids), ("delong", "mover")),
+    "accuracy": (lambda c: accuracy(c["probs"], c["label"]),
+                 lambda cases, ids: accuracy_difference_intervals(cases, case_ids=ids),
+                 ("wald", "newcombe", "mover")),
+}
 
 
 def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: int = 0,
-                   n_bootstrap: int = N_BOOTSTRAP, pooled_draws: int | None = None) -> list[dict]:
+                   n_bootstrap: int = N_BOOTSTRAP, pooled_draws: int | None = None, metric: str = "roc_auc") -> list[dict]:
     """One row per (test-set size, one seed or pooled seeds, interval): how often the paired 95% CI of the
-    AUC difference holds the true difference, and how often its verdict has the wrong sign. Intervals
-    on the same draw: the bootstrap with each seed's cases drawn apart (the docs before), the bootstrap
-    with one draw for all seeds, the DeLong and MOVER intervals alone (`auc_difference_intervals`), and
-    each joined with the bootstrap (`paired_auc_difference` prints one of these).
+    `metric` difference (AUC or accuracy) holds the true difference, and how often its verdict has the
+    wrong sign. Intervals on the same draw: the bootstrap with each seed's cases drawn apart (the docs
+    before), the bootstrap with one draw for all seeds, the closed-form intervals alone (AUC: DeLong and
+    MOVER, `auc_difference_intervals`; accuracy: Wald and MOVER, `accuracy_difference_intervals`), and
+    each joined with the bootstrap (what the docs print is one of these).
     Pooled populations are fewer, so they may get more draws (`pooled_draws`, default `draws`)."""
     rng = np.random.default_rng(seed)
     populations = population_pairs(sets, rng)
-
-    def auc(cases: dict) -> float:
-        return macro_auroc(cases["probs"], cases["label"])
-
+    statistic, closed_form, methods = PAIRED_METRICS[metric]
     tally: dict[tuple, dict] = {}
     for n in sizes:
         for population in populations:
             labels = population[0][0]["labels"]
             if len(labels) < POPULATION_FACTOR * n:
                 continue
-            truth = float(np.mean([macro_auroc(a["probs"], a["labels"]) - macro_auroc(b["probs"], b["labels"])
-                                   for a, b in population]))
+            truth = float(np.mean([statistic({"probs": a["probs"], "label": a["labels"]})
+                                   - statistic({"probs": b["probs"], "label": b["labels"]}) for a, b in population]))
             kind = "one seed" if len(population) == 1 else "seeds pooled"
             for _ in range(draws if kind == "one seed" or pooled_draws is None else pooled_draws):
                 pick = stratified_draw(labels, n, rng)
@@ -198,17 +213,16 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
                           {"probs": b["probs"][pick], "label": b["labels"][pick]}) for a, b in population]
                 ids = [population[0][0]["case_ids"][pick].tolist()] * len(population)
                 draw_seed = int(rng.integers(2**31))
-                boot = paired_bootstrap(cases, auc, n_bootstrap, seed=draw_seed, case_ids=ids)
+                boot = paired_bootstrap(cases, statistic, n_bootstrap, seed=draw_seed, case_ids=ids)
                 together = (boot["ci_low"], boot["ci_high"])
                 if len(population) > 1:
-                    apart = paired_bootstrap(cases, auc, n_bootstrap, seed=draw_seed)
+                    apart = paired_bootstrap(cases, statistic, n_bootstrap, seed=draw_seed)
                     apart = (apart["ci_low"], apart["ci_high"])
                 else:  # one seed: the same resamples either way
                     apart = together
-                closed = auc_difference_intervals(cases, case_ids=ids) or {"delong": (None, None),
-                                                                           "mover": (None, None)}
+                closed = closed_form(cases, ids) or dict.fromkeys(methods, (None, None))
                 intervals = {"bootstrap, seeds apart": apart, "bootstrap": together}
-                for method in ("delong", "mover"):
+                for method in methods:
                     low, high = closed[method]
                     intervals[method] = (low, high)
                     intervals[f"bootstrap + {method}"] = (together if low is None else
@@ -231,7 +245,7 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
         if not scored:
             continue
         ci_low, ci_high = binomial_ci(entry["held"], scored)
-        rows.append({"n_test": n, "seeds": kind, "interval": interval, "metric": "roc_auc difference",
+        rows.append({"n_test": n, "seeds": kind, "interval": interval, "metric": f"{metric} difference",
                      "pairs": len(entry["pairs"]), "draws": scored, "coverage": entry["held"] / scored,
                      "coverage_ci": [ci_low, ci_high], "truth_above": entry["above"] / scored,
                      "truth_below": entry["below"] / scored, "median_width": float(np.median(entry["widths"])),
@@ -257,22 +271,22 @@ def main(argv=None) -> int:
         print(f"ci_coverage.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
         return 2
     stored = read_json(args.out, {}) if set(args.parts) != set(PARTS) else {}
-    result = {key: value for key, value in stored.items() if key in ("metrics", "paired")}
+    result = {key: value for key, value in stored.items() if key in PARTS}
     for part in args.parts:
         started = time.perf_counter()
         if part == "metrics":
             rows = measure(sets, draws=args.draws, seed=args.seed)
             command = f"python benchmarks/ci_coverage.py --parts metrics --draws {args.draws} --seed {args.seed}"
         else:
-            rows = measure_paired(sets, draws=args.paired_draws, seed=args.seed, pooled_draws=args.pooled_draws)
-            command = (f"python benchmarks/ci_coverage.py --parts paired --paired-draws {args.paired_draws} "
+            rows = measure_paired(sets, draws=args.paired_draws, seed=args.seed, pooled_draws=args.pooled_draws,
+                                  metric="roc_auc" if part == "paired" else "accuracy")
+            command = (f"python benchmarks/ci_coverage.py --parts {part} --paired-draws {args.paired_draws} "
                        f"--pooled-draws {args.pooled_draws} --seed {args.seed}")
         result[part] = {"command": command, **machine(), "seconds": round(time.perf_counter() - started, 1),
                         "seed": args.seed, "rows": rows}
     write_json(args.out, {"benchmark": "ci_coverage", "sources": list(SOURCES), "confidence": 0.95,
                           "n_bootstrap": N_BOOTSTRAP, **result})
     rows = result.get("metrics", {}).get("rows", [])
-    paired_rows = result.get("paired", {}).get("rows", [])
     show_table("95% CIs on small test sets: how often they hold the population's value",
                ("test cases", "metric", "dataset", "interval", "case sets", "draws", "coverage [95% CI]",
                 "truth above / below", "median width"),
@@ -280,13 +294,15 @@ def main(argv=None) -> int:
                  f"{r['coverage']:.3f} [{r['coverage_ci'][0]:.3f}, {r['coverage_ci'][1]:.3f}]",
                  f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}"]
                 for r in rows if r["dataset"] == "all"], left=4, width=150)
-    show_table("paired 95% CIs of an AUC difference (benchmarks/paired.py) on small test sets",
-               ("test cases", "seeds", "interval", "pairs", "draws", "coverage [95% CI]", "truth above / below",
-                "median width", "win or loss said", "wrong-sign verdicts"),
-               [[str(r["n_test"]), r["seeds"], r["interval"], str(r["pairs"]), str(r["draws"]),
-                 f"{r['coverage']:.3f} [{r['coverage_ci'][0]:.3f}, {r['coverage_ci'][1]:.3f}]",
-                 f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}", f"{r['decided']:.3f}",
-                 f"{r['wrong_verdicts']:.3f}"] for r in paired_rows], left=5, width=170)
+    for part, name in (("paired", "an AUC"), ("paired_accuracy", "an accuracy")):
+        show_table(f"paired 95% CIs of {name} difference (benchmarks/paired.py) on small test sets",
+                   ("test cases", "seeds", "interval", "pairs", "draws", "coverage [95% CI]", "truth above / below",
+                    "median width", "win or loss said", "wrong-sign verdicts"),
+                   [[str(r["n_test"]), r["seeds"], r["interval"], str(r["pairs"]), str(r["draws"]),
+                     f"{r['coverage']:.3f} [{r['coverage_ci'][0]:.3f}, {r['coverage_ci'][1]:.3f}]",
+                     f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}",
+                     f"{r['decided']:.3f}", f"{r['wrong_verdicts']:.3f}"]
+                    for r in result.get(part, {}).get("rows", [])], left=5, width=170)
     timings = ", ".join(f"{part} {result[part]['seconds']} s" for part in args.parts)
     print(f"wrote {args.out} ({timings})")
     return 0

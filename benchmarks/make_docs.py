@@ -19,13 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS, read_json  # noqa: E402
 from paired import (  # noqa: E402
+    ACCURACY_METHOD,
     SCORE_METHOD,
     accuracy,
+    align_cases,
     balanced_accuracy,
     format_difference,
     macro_auroc,
+    paired_accuracy_difference,
     paired_auc_difference,
-    paired_bootstrap,
     patient_groups,
     verdict,
 )
@@ -36,6 +38,14 @@ SCORE_DESCRIPTION = {
     "delong": "the DeLong interval (Wald, with DeLong's variance of the difference from each case's placement values)",
     "mover": "the MOVER interval (each side's Newcombe interval recovered into one for the difference with the "
              "correlation of the two AUCs from DeLong's placement values)"}[SCORE_METHOD]
+# ... and for an accuracy (or balanced accuracy) difference.
+ACCURACY_NAME = {"mover": "MOVER", "newcombe": "Newcombe", "wald": "Wald"}[ACCURACY_METHOD]
+ACCURACY_DESCRIPTION = {
+    "mover": "the MOVER interval (each side's Wilson interval at its effective number of cases, recovered into "
+             "one for the difference with the correlation of the two sides' per-case successes)",
+    "newcombe": "Newcombe's paired-proportion interval (each side's Wilson interval recovered into one for the "
+                "difference)",
+    "wald": "the Wald interval (the variance of the per-case differences in being right)"}[ACCURACY_METHOD]
 DATASET_ORDER = ("pneumoniamnist", "breastmnist", "tb", "brain_mri", "lung_ct", "ham10000", "herlev")
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADER = """# Benchmarks
@@ -431,21 +441,19 @@ def row_pairs(rows_file: Path = ROWS_FILE) -> dict[str, dict[str, str]]:
 
 def _aligned(a: dict, b: dict) -> tuple[dict, dict, list | None, list] | None:
     """Two runs' test cases in a's order, its patient groups and case ids, or None when they were not
-    scored on the same cases."""
-    if sorted(a["case_id"]) != sorted(b["case_id"]):
+    scored on the same cases (`align_cases`)."""
+    try:
+        side_a, side_b = align_cases(a, b)
+    except ValueError:
         return None
-    where = {case: i for i, case in enumerate(b["case_id"])}
-    order = [where[case] for case in a["case_id"]]
-    side_a = {"probs": a["probs"], "label": a["label"]}
-    side_b = {"probs": [b["probs"][i] for i in order], "label": [b["label"][i] for i in order]}
     return side_a, side_b, patient_groups(a.get("patient_id")), list(a["case_id"])
 
 
 def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) -> dict | None:
-    """Test `metric` (AUC; or accuracy) of entry a minus entry b over the seeds both have, paired case by
-    case (seeds scored on the same cases share each bootstrap draw; AUC's CI is joined with a closed-form
-    interval, `paired_auc_difference`); None when they share no seed with per-case predictions on the
-    same cases."""
+    """Test `metric` (AUC; accuracy or balanced accuracy) of entry a minus entry b over the seeds both
+    have, paired case by case (seeds scored on the same cases share each bootstrap draw; the CI is joined
+    with a closed-form interval, `paired_auc_difference` / `paired_accuracy_difference`); None when they
+    share no seed with per-case predictions on the same cases."""
     seeds_a = {r["seed"]: r["numbers"].get("per_case") for r in a["runs"]}
     seeds_b = {r["seed"]: r["numbers"].get("per_case") for r in b["runs"]}
     seeds = sorted(s for s in seeds_a if seeds_a[s] and seeds_b.get(s))
@@ -456,8 +464,8 @@ def paired_difference(a: dict, b: dict, n_bootstrap: int, metric=macro_auroc) ->
     if metric is macro_auroc:
         diff = paired_auc_difference(pairs, n_bootstrap, groups=groups, case_ids=case_ids)
     else:
-        diff = paired_bootstrap(pairs, lambda c: metric(c["probs"], c["label"]), n_bootstrap, groups=groups,
-                                case_ids=case_ids)
+        diff = paired_accuracy_difference(pairs, n_bootstrap, groups=groups, case_ids=case_ids,
+                                          balanced=metric is balanced_accuracy)
     return diff | {"seed_list": seeds, "verdict": verdict(diff)}
 
 
@@ -527,7 +535,7 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
              "the same split with the same seed and budget and scored on the same test cases, pooled over the seeds "
              "both have (mean of per-seed differences). 95% CI: a paired bootstrap over cases (patients where one "
              "patient has several cases) with one draw of cases for every seed, since the seeds share the test "
-             f"split, joined for ΔAUC with {SCORE_DESCRIPTION}. *win*/*loss* only "
+             f"split, joined for ΔAUC with {SCORE_DESCRIPTION} and for ΔACC with {ACCURACY_DESCRIPTION}. *win*/*loss* only "
              "when the CI excludes 0; a *tie* means this data cannot tell the two apart, not that they are equal. The "
              "last section measures how often these CIs hold the true difference, and how often the intervals this "
              "page printed before (each seed's cases resampled apart, the bootstrap alone) did. The verdict and the "
@@ -645,6 +653,16 @@ def _versus(entry: dict, key: str, digits: int = 4) -> str:
     return f"{format_difference(diff, digits)} {diff['verdict']}"
 
 
+def _apart_note(runs: list[dict]) -> str:
+    """Where a comparison's seeds were resampled apart (records from before per-case ids were stored)."""
+    apart = sorted({DATASET_NAMES.get(dataset, dataset) for run in runs for dataset, sources in run["summary"].items()
+                    for entry in sources.values() if entry.get("aurc_vs_softmax", {}).get("seeds_resampled") == "apart"})
+    if not apart:
+        return ""
+    return (f". On {', '.join(apart)} the per-case files hold no case ids, so each seed's cases are resampled apart, "
+            "which counts one test set as several: those CIs are too narrow")
+
+
 def uncertainty_section(runs: list[dict]) -> list[str]:
     """Which uncertainty source catches DCAT's errors: per dataset, every source on the same test cases."""
     lines = ["## Uncertainty sources", "",
@@ -655,10 +673,8 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
              "on the run's calibration split and is scored on test. Error AUROC: AUROC of predictive entropy for "
              "wrong vs right; AURC by confidence (lower is better), with the paired difference to the softmax of the "
              "plain model (the head-dropout run's first member) on the same test cases (95% CI from a paired "
-             "bootstrap over cases, pooled over seeds; *win*/*loss* only when the CI excludes 0. Its per-case files "
-             "hold no case ids, so each seed's cases are resampled apart: where several seeds share one test split "
-             "(PneumoniaMNIST) that counts one test set as several and these CIs are too narrow, see the last section; "
-             "the fusion-dropout "
+             "bootstrap over cases, pooled over seeds, one draw of cases for every seed since the seeds share the "
+             f"test split{_apart_note(runs)}; *win*/*loss* only when the CI excludes 0; the fusion-dropout "
              "rows are another trained model, so their difference includes that model's own accuracy); ECE (15 bins) and NLL after calibration; LAC conformal "
              "coverage at a 90% target; OOD AUROC of predictive entropy (far: brain MRI vs chest X-ray, near: adult "
              "TB chest X-ray vs paediatric PneumoniaMNIST); cost: wall time as a multiple of one eval-mode pass, "
@@ -772,13 +788,16 @@ CI_INTERVAL_NAMES = {"bootstrap": "percentile bootstrap alone (before)", "score"
 
 PAIRED_INTERVAL_NAMES = {"bootstrap, seeds apart": "bootstrap, each seed's cases drawn apart (before)",
                          "bootstrap": "bootstrap, one draw of cases for all seeds", "delong": "DeLong alone",
-                         "mover": "MOVER alone", "bootstrap + delong": "bootstrap + DeLong",
-                         "bootstrap + mover": "bootstrap + MOVER"}
+                         "wald": "Wald alone", "newcombe": "Newcombe alone", "mover": "MOVER alone",
+                         "bootstrap + delong": "bootstrap + DeLong", "bootstrap + wald": "bootstrap + Wald",
+                         "bootstrap + newcombe": "bootstrap + Newcombe", "bootstrap + mover": "bootstrap + MOVER"}
+# Per paired part of ci_coverage: the difference it measures and the interval this page prints for it.
+PAIRED_PARTS = {"paired": ("AUC", SCORE_METHOD), "paired_accuracy": ("accuracy", ACCURACY_METHOD)}
 
 
-def _paired_interval_name(interval: str) -> str:
+def _paired_interval_name(interval: str, printed: str = SCORE_METHOD) -> str:
     name = PAIRED_INTERVAL_NAMES.get(interval, interval)
-    return f"**{name} (what this page prints)**" if interval == f"bootstrap + {SCORE_METHOD}" else name
+    return f"**{name} (what this page prints)**" if interval == f"bootstrap + {printed}" else name
 
 
 def _reproduce(file: str, part: dict) -> str:
@@ -804,7 +823,7 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
              "in the JSON. Stratified draws have a little less variance than the simple random sampling the "
              "intervals assume, so accuracy's coverage reads a little high.", ""]
     for run in runs:
-        metrics, paired = run.get("metrics"), run.get("paired")
+        metrics = run.get("metrics")
         if metrics:
             lines += ["| test cases | metric | interval | case sets | draws | coverage [95% CI] | truth above / below it "
                       "| median width |", "|--:|---|---|--:|--:|--:|--:|--:|"]
@@ -819,30 +838,41 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
             lines += ["", _reproduce(run["file"], metrics) + " The CIs of the rows above are those `evaluate` printed "
                       "when each row was measured: rows measured before the intervals were joined carry the percentile "
                       "bootstrap alone, too narrow on small test sets as this table shows.", ""]
-        if paired:
+        if run.get("paired") or run.get("paired_accuracy"):
             lines += ["**The paired differences** behind every win, tie and loss on this page (`benchmarks/paired.py`), "
                       "measured the same way: two stored prediction sets of one source and dataset that score the same "
                       "cases form a population pair, for one seed or pooled over the seeds both rows have (every "
-                      "benchmark here scores each seed on the same test split); the mean over seeds of their AUC "
+                      "benchmark here scores each seed on the same test split); the mean over seeds of their "
                       "difference on all cases is the truth, and every seed gets the same drawn cases. Intervals on "
                       "the same draws: the percentile bootstrap with each seed's cases resampled apart (what this page "
                       "printed before; it counts one test set as several), the bootstrap with one draw of cases for "
-                      "every seed, two closed-form intervals built from DeLong's placement values (*DeLong*: the Wald "
-                      "interval with DeLong's variance of the difference; *MOVER*: each side's Newcombe interval, "
-                      "recovered into one for the difference with the correlation of the two AUCs), and each of them "
-                      "joined with the bootstrap (the wider on each side). *Wrong-sign verdict*: a win where the truth "
-                      "is a loss, or a loss where it is a win.", "",
+                      "every seed, closed-form intervals, and each of them joined with the bootstrap (the wider on "
+                      "each side). *Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.",
+                      ""]
+        for part, (what, printed) in PAIRED_PARTS.items():
+            if not run.get(part):
+                continue
+            closed = {"AUC": "from DeLong's placement values: *DeLong*, the Wald interval with DeLong's variance of "
+                             "the difference; *MOVER*, each side's Newcombe interval recovered into one for the "
+                             "difference with the correlation of the two AUCs",
+                      "accuracy": "from each case being right or wrong: *Wald*, with the variance of the per-case "
+                                  "differences; *Newcombe*, each side's Wilson interval at its number of cases recovered "
+                                  "into one for the difference with the two sides' correlation (MOVER; for one seed "
+                                  "Newcombe's paired-proportion interval); *MOVER*, the same with each side's Wilson "
+                                  "interval at its effective number of cases (p (1 − p) over its variance, which "
+                                  "averaging seeds shrinks)"}[what]
+            lines += [f"*{what} difference* (closed-form intervals {closed}):", "",
                       "| test cases | seeds | interval | population pairs | draws | coverage [95% CI] | truth above / "
                       "below it | median width | win or loss said | wrong-sign verdicts |",
                       "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|"]
-            for row in paired["rows"]:
+            for row in run[part]["rows"]:
                 low, high = row["coverage_ci"]
                 lines.append(f"| {row['n_test']} | {row['seeds']} | "
-                             f"{_paired_interval_name(row['interval'])} | {row['pairs']} | "
+                             f"{_paired_interval_name(row['interval'], printed)} | {row['pairs']} | "
                              f"{row['draws']} | {row['coverage']:.3f} [{low:.3f}, {high:.3f}] | "
                              f"{row['truth_above']:.3f} / {row['truth_below']:.3f} | {row['median_width']:.3f} | "
                              f"{row['decided']:.1%} | {row['wrong_verdicts']:.1%} |")
-            lines += ["", _reproduce(run["file"], paired), ""]
+            lines += ["", _reproduce(run["file"], run[part]), ""]
     return lines
 
 
@@ -1114,8 +1144,9 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
     return ["### Paired, out of fold", "",
             "Out-of-fold AUC of the first row minus the second: same dataset, seed, folds, input size and budget, "
             "paired case by case (95% CI from a bootstrap over cases, patients where a patient has several, one "
-            f"draw for every seed since each seed scores every folded case; ΔAUC's joined with the {SCORE_NAME} interval, "
-            "as in the paired section above; pooled over the seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
+            f"draw for every seed since each seed scores every folded case; joined with the {SCORE_NAME} interval for "
+            f"ΔAUC and the {ACCURACY_NAME} interval for ΔACC and Δbalanced ACC, as in the paired section above; pooled over the "
+            "seeds both have); ΔACC the same for out-of-fold accuracy, Δbalanced ACC for balanced "
             "accuracy (the mean recall over classes: what an imbalanced set such as HAM10000 is judged by).", "",
             f"| dataset | comparison | device | source px → input {PAIRED_COLUMNS} Δbalanced ACC [95% CI], verdict |",
             "|---|---|---|---|---|--:|---|--:|--:|", *lines, ""]

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
 from paired import (  # noqa: E402
     N_BOOTSTRAP,
+    align_cases,
     case_predictions,
     format_difference,
     macro_auroc,
@@ -179,15 +180,11 @@ def per_case_predictions(run_dir: Path) -> dict:
 def align(finetune: dict, scratch: dict, where: str) -> tuple[dict, dict, list | None]:
     """Both arms' per-case arrays in scratch's case order (its case ids under "case_id"), and the patient
     groups (None without ids)."""
-    position = {case: i for i, case in enumerate(finetune["case_id"])}
-    if set(position) != set(scratch["case_id"]):
-        raise BenchmarkError(f"{where}: finetune and scratch were scored on different test cases")
-    order = [position[case] for case in scratch["case_id"]]
-    a = {"label": np.asarray(finetune["label"])[order], "probs": np.asarray(finetune["probs"])[order]}
-    b = {"label": np.asarray(scratch["label"]), "probs": np.asarray(scratch["probs"])}
-    if not np.array_equal(a["label"], b["label"]):
-        raise BenchmarkError(f"{where}: finetune and scratch disagree on the labels of the test cases")
-    return a, b | {"case_id": list(scratch["case_id"])}, patient_groups(scratch.get("patient_id"))
+    try:
+        a, b = align_cases(finetune, scratch, order=scratch["case_id"], names=("finetune", "scratch"))
+    except ValueError as error:
+        raise BenchmarkError(f"{where}: {error}") from None
+    return a, b, patient_groups(scratch.get("patient_id"))
 
 
 def _auc(cases: dict) -> float:
@@ -198,7 +195,7 @@ def paired_auc(cells: list[tuple[dict, dict, str]], n_bootstrap: int = N_BOOTSTR
     """Mean AUC of each side over seeds and the paired difference first - second, CI and verdict, from
     `(first per_case, second per_case, where)` per seed; the bootstrap resamples patients where every
     seed's cases have them, and draws one set of cases for every seed where they were all scored on
-    the same cases; the CI is the bootstrap's joined with the MOVER interval (`paired_auc_difference`)."""
+    the same cases; the CI is the bootstrap's joined with DeLong's interval (`paired_auc_difference`)."""
     pairs, groups, case_ids = [], [], []
     for first, second, where in cells:
         a, b, group = align(first, second, where)

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import N_BOOTSTRAP, binary_auroc, format_difference, paired_bootstrap, verdict  # noqa: E402
+from paired import N_BOOTSTRAP, binary_auroc, format_difference, paired_bootstrap, patient_groups, verdict  # noqa: E402
 
 MC_SAMPLES = 30
 MEMBERS = 3
@@ -240,7 +240,10 @@ def source_scores(cal, test, task: str, predictor, calibration: dict, outside: d
             "predictive_entropy"]
         labels = np.r_[np.zeros(len(entropy)), np.ones(len(outside_entropy))]
         scores[f"ood_{kind}_auroc"] = float(roc_auc_score(labels, np.r_[entropy, outside_entropy]))
-    return scores, {"confidence": probs.max(axis=1), "correct": correct, "entropy": entropy}
+    per_case = {"case_id": np.asarray(test.case_ids), "label": np.asarray(y), "confidence": probs.max(axis=1),
+                "correct": correct, "entropy": entropy}
+    groups = patient_groups(test.patient_ids)
+    return scores, per_case | ({"patient_id": np.asarray(groups)} if groups else {})
 
 
 def run_cell(dataset: str, seed: int, args: argparse.Namespace, known_costs: dict | None = None) -> list[dict]:
@@ -317,12 +320,18 @@ def _error_auroc(entropy: np.ndarray, correct: np.ndarray) -> float:
 def paired_difference(pairs: list[tuple[dict, dict]], statistic, n_bootstrap: int = N_BOOTSTRAP,
                       seed: int = 0) -> dict:
     """Mean over seeds of (source - softmax) for `statistic(per_case)`, with a paired 95% CI; `pairs`
-    holds one (source's per-case arrays, the softmax's) per seed."""
-    return paired_bootstrap(pairs, statistic, n_bootstrap, seed)
+    holds one (source's per-case arrays, the softmax's) per seed. Seeds scored on the same test cases
+    (their per-case "case_id" and "label" agree) share each draw of cases, patients where ids repeat;
+    records from before case ids were stored are drawn apart."""
+    case_ids = [a.get("case_id") for a, _ in pairs]
+    groups = [a.get("patient_id") for a, _ in pairs]
+    return paired_bootstrap(pairs, statistic, n_bootstrap, seed, groups=groups,
+                            case_ids=None if any(ids is None for ids in case_ids) else case_ids)
 
 
 def reference_pairs(rows: list[dict], records: list[dict]) -> list[tuple[dict, dict]]:
-    """Each row's per-case arrays beside those of the plain softmax of the same dataset and seed."""
+    """Each row's per-case arrays beside those of the plain softmax of the same dataset and seed (one
+    run's test split, so the same cases in the same order)."""
     softmax = {(r["dataset"], r["seed"]): r["per_case"] for r in records if r["source"] == "softmax"}
     return [(r["per_case"], softmax[(r["dataset"], r["seed"])]) for r in rows]
 

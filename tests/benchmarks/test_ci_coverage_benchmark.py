@@ -95,11 +95,15 @@ def _seed_copies(per_case: dict, row: str, seeds=(0, 1, 2)) -> list[dict]:
     return [{**_case_set(row, per_case), "seed": seed} for seed in seeds]
 
 
-def test_paired_intervals_hold_the_true_difference_and_say_its_sign(bench):
+@pytest.mark.parametrize("metric", ["roc_auc", "accuracy"])
+def test_paired_intervals_hold_the_true_difference_and_say_its_sign(bench, metric):
     sets = [_case_set("good", _population(1000, 0)), _case_set("worse", _population(1000, 0, shift=1.5))]
-    rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200)}
-    assert set(rows) == set(bench.PAIRED_INTERVALS)
-    for method in ("delong", "mover"):
+    rows = {r["interval"]: r for r in bench.measure_paired(sets, sizes=(50,), draws=30, n_bootstrap=200,
+                                                            metric=metric)}
+    methods = bench.PAIRED_METRICS[metric][2]
+    assert set(rows) == {"bootstrap, seeds apart", "bootstrap", *methods, *(f"bootstrap + {m}" for m in methods)}
+    assert {r["metric"] for r in rows.values()} == {f"{metric} difference"}
+    for method in methods:
         joined = rows[f"bootstrap + {method}"]
         assert (joined["n_test"], joined["seeds"], joined["pairs"], joined["draws"]) == (50, "one seed", 1, 30)
         assert joined["coverage"] >= 0.8 and joined["wrong_verdicts"] == 0 and joined["decided"] > 0.5

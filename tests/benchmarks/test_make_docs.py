@@ -355,3 +355,16 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
     assert f"| 50 | one seed | **bootstrap + {printed} (what this page prints)** | 4 | 20 |" in text
     assert text.count("(what this page prints)") == 2  # one seed and pooled; the other union is named plainly
     assert "`python benchmarks/ci_coverage.py --parts paired` — Test CPU; no training, 5.0 s." in text
+    accuracy = [row | {"interval": interval, "metric": "accuracy difference"} for row in paired[:2]
+                for interval in ("bootstrap + wald", "bootstrap + mover")]
+    (tmp_path / "ci_coverage_cpu.json").write_text(json.dumps({"metrics": metrics, "paired": {
+        "command": "python benchmarks/ci_coverage.py --parts paired", "device_name": "Test CPU", "seconds": 5.0,
+        "rows": paired}, "paired_accuracy": {"command": "python benchmarks/ci_coverage.py --parts paired_accuracy",
+                                             "device_name": "Test CPU", "seconds": 3.0, "rows": accuracy}}))
+    text = "\n".join(make_docs.ci_coverage_section(make_docs.load_ci_coverage(tmp_path)))
+    auc_table, accuracy_table = text.split("*AUC difference*")[1].split("*accuracy difference*")
+    assert f"**bootstrap + {printed} (what this page prints)**" in auc_table
+    names = {"mover": "MOVER", "wald": "Wald"}
+    assert f"**bootstrap + {names[make_docs.ACCURACY_METHOD]} (what this page prints)**" in accuracy_table
+    assert accuracy_table.count("(what this page prints)") == 2 and accuracy_table.count("| 50 |") == 4
+    assert "--parts paired_accuracy` — Test CPU; no training, 3.0 s." in accuracy_table

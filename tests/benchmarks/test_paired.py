@@ -241,3 +241,105 @@ def test_delongs_interval_of_a_difference_matches_the_bootstrap_away_from_the_ce
     width = delong[1] - delong[0]
     assert abs((boot["ci_high"] - boot["ci_low"]) - width) < 0.2 * width
     assert abs((delong[0] + delong[1]) / 2 - boot["delta"]) < 1e-12  # centred on the difference
+
+
+def _two_classifiers(rng: np.random.Generator, labels: np.ndarray, right_a: float, right_b: float) -> tuple[dict, dict]:
+    """Two classifiers of `labels` (two classes) right on about `right_a` and `right_b` of the cases,
+    their successes correlated through a shared difficulty."""
+    hard = rng.random(len(labels))
+    sides = []
+    for right in (right_a, right_b):
+        correct = hard + 0.3 * rng.random(len(labels)) < right * 1.3
+        predicted = np.where(correct, labels, 1 - labels)
+        sides.append({"probs": np.c_[1 - predicted, predicted].astype(float) * 0.8 + 0.1, "label": labels})
+    return sides[0], sides[1]
+
+
+def test_accuracy_influence_is_the_exact_change_of_balanced_accuracy(paired):
+    """Balanced accuracy is linear in each case being right, class counts fixed: flipping one case's
+    answer moves it by 1 / (its class's count x classes present), the influence's scale."""
+    rng = np.random.default_rng(8)
+    labels = rng.choice(3, 90, p=[0.6, 0.3, 0.1])
+    probs = rng.dirichlet(np.ones(3), 90)
+    share = paired.accuracy_influence(probs, labels, balanced=True)
+    assert share.sum() == pytest.approx(0, abs=1e-12)
+    assert paired.accuracy_influence(probs, labels).sum() == pytest.approx(0, abs=1e-12)
+    i = int(np.flatnonzero(labels == 2)[0])
+    flipped = probs.copy()
+    flipped[i] = np.eye(3)[1 if probs[i].argmax() == 2 else 2]  # right <-> wrong for case i
+    step = paired.balanced_accuracy(flipped, labels) - paired.balanced_accuracy(probs, labels)
+    assert abs(step) == pytest.approx(1 / (np.sum(labels == 2) * 3))
+
+
+def test_accuracy_mover_for_one_class_is_newcombes_paired_interval(paired):
+    """With one class (accuracy = one proportion, no class strata) and one seed, MOVER with Wilson's
+    intervals and the phi coefficient of the 2x2 table is Newcombe's (1998) method 10, written out here."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(9)
+    labels = np.zeros(60, int)
+    a, b = _two_classifiers(rng, labels, 0.8, 0.65)
+    right_a, right_b = a["probs"].argmax(1) == 0, b["probs"].argmax(1) == 0
+    both, only_a, only_b, neither = (np.sum(right_a & right_b), np.sum(right_a & ~right_b),
+                                     np.sum(~right_a & right_b), np.sum(~right_a & ~right_b))
+    n, z = 60, norm.ppf(0.975)
+
+    def wilson(p):
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return centre - half, centre + half
+
+    p1, p2 = right_a.mean(), right_b.mean()
+    (l1, u1), (l2, u2) = wilson(p1), wilson(p2)
+    phi = (both * neither - only_a * only_b) / np.sqrt((both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither))
+    low = p1 - p2 - np.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    high = p1 - p2 + np.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    intervals = paired.accuracy_difference_intervals([(a, b)])
+    assert intervals["correlation"] == pytest.approx(phi, rel=1e-9)
+    assert intervals["newcombe"] == pytest.approx((low, high), abs=1e-12)
+    # the effective number of cases of one seed is n - 1 (the variance's unbiased form): nearly the same
+    assert intervals["mover"] == pytest.approx((low, high), abs=0.01) and intervals["mover"] != intervals["newcombe"]
+
+
+def test_accuracy_wald_matches_the_bootstrap_and_mover_survives_no_discordant_case(paired):
+    rng = np.random.default_rng(10)
+    labels = rng.integers(0, 2, 400)
+    a, b = _two_classifiers(rng, labels, 0.85, 0.75)
+    wald = paired.accuracy_difference_intervals([(a, b)], methods=("wald",))["wald"]
+    boot = paired.paired_bootstrap([(a, b)], lambda c: paired.accuracy(c["probs"], c["label"]), 2000)
+    width = wald[1] - wald[0]
+    assert abs((boot["ci_high"] - boot["ci_low"]) - width) < 0.2 * width
+    # 40 cases both get right or both get wrong: Wald and bootstrap say exactly 0; MOVER keeps the
+    # asymmetry of each side's Wilson interval
+    same = {"probs": a["probs"][:40], "label": labels[:40]}
+    alike = paired.paired_accuracy_difference([(same, dict(same))], 300)
+    assert alike["bootstrap_ci"] == [0.0, 0.0] and alike["score_ci"][0] < -0.02 and alike["score_ci"][1] > 0.02
+    assert paired.verdict(alike) == "tie"
+
+
+def test_accuracy_mover_follows_the_variance_of_seeds_averaged(paired):
+    """Three seeds that disagree case by case average to a less variable accuracy than one seed's: the
+    effective number of cases grows, and MOVER narrows where Newcombe's nominal count does not."""
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 2, 200)
+    ids = [f"c{i}" for i in range(200)]
+    pairs = [_two_classifiers(rng, labels, 0.8, 0.7) for _ in range(3)]
+    intervals = paired.accuracy_difference_intervals(pairs, case_ids=[ids] * 3)
+    one = paired.accuracy_difference_intervals(pairs[:1])
+    width = {key: intervals[key][1] - intervals[key][0] for key in ("newcombe", "mover", "wald")}
+    assert width["mover"] < 0.9 * width["newcombe"]
+    assert width["mover"] < one["mover"][1] - one["mover"][0]
+    assert abs(width["mover"] - width["wald"]) < 0.2 * width["wald"]
+
+
+def test_align_cases_puts_both_sets_in_one_case_order_or_says_why_not(paired):
+    a = {"case_id": ["x", "y", "z"], "label": [0, 1, 1], "probs": [[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]],
+         "patient_id": ["p1", "p1", "p2"]}
+    b = {"case_id": ["z", "x", "y"], "label": [1, 0, 1], "probs": [[0.3, 0.7], [0.8, 0.2], [0.1, 0.9]]}
+    side_a, side_b = paired.align_cases(a, b)
+    assert side_b["case_id"].tolist() == ["x", "y", "z"] and side_b["probs"][:, 1].tolist() == [0.2, 0.9, 0.7]
+    assert side_a["patient_id"].tolist() == ["p1", "p1", "p2"] and "patient_id" not in side_b
+    assert paired.align_cases(a, b, order=["z", "y", "x"])[0]["label"].tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match="^finetune and scratch were scored on different test cases$"):
+        paired.align_cases(a, {**b, "case_id": ["z", "x", "w"]}, names=("finetune", "scratch"))
+    with pytest.raises(ValueError, match="disagree on the labels"):
+        paired.align_cases(a, {**b, "label": [1, 1, 1]})

@@ -106,3 +106,23 @@ def test_docs_render_the_uncertainty_section_with_the_paired_cis(bench, tmp_path
     diff = summary["tb"]["mc_head"]["aurc_vs_softmax"]
     assert f"{diff['delta']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] win" in text
     assert "28-px source pixels resized to 32 px, 1000 training cases, 4 epochs" in text
+
+
+def test_seeds_on_one_test_split_share_each_draw_of_cases(bench):
+    """Three seeds scored on the same cases (as PneumoniaMNIST's fixed test split): with case ids stored
+    they are one test set, drawn together; without (older records) apart, and then about 1/sqrt(3) as
+    wide, since three seeds that predict alike are counted as three test sets."""
+    records = _records(bench, "mc_head")
+    ids = [f"case{i}" for i in range(400)]
+    same = {}
+    for record in records:  # every seed predicts alike: each source's seed-0 arrays, with one id per case
+        cases = same.setdefault((record["dataset"], record["source"]), record["per_case"])
+        record["per_case"] = {**cases, "case_id": ids, "label": [0] * 400}
+    together = bench.summarise(records, n_bootstrap=400)["pneumoniamnist"]["mc_head"]["aurc_vs_softmax"]
+    for record in records:
+        record["per_case"] = {k: v for k, v in record["per_case"].items() if k != "case_id"}
+    apart = bench.summarise(records, n_bootstrap=400)["pneumoniamnist"]["mc_head"]["aurc_vs_softmax"]
+    assert together["seeds_resampled"] == "together" and apart["seeds_resampled"] == "apart"
+    assert together["delta"] == pytest.approx(apart["delta"])
+    ratio = (together["ci_high"] - together["ci_low"]) / (apart["ci_high"] - apart["ci_low"])
+    assert 1.4 < ratio < 2.1  # sqrt(3) = 1.73
