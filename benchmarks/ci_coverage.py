@@ -192,7 +192,7 @@ def measure_paired(sets: list[dict], sizes=PAIRED_SIZES, draws: int = 10, seed: 
     `metric` difference (AUC or accuracy) holds the true difference, and how often its verdict has the
     wrong sign. Intervals on the same draw: the bootstrap with each seed's cases drawn apart (the docs
     before), the bootstrap with one draw for all seeds, the closed-form intervals alone (AUC: DeLong and
-    MOVER, `auc_difference_intervals`; accuracy: Wald and MOVER, `accuracy_difference_intervals`), and
+    MOVER, `auc_difference_intervals`; accuracy: Wald, Newcombe and MOVER, `accuracy_difference_intervals`), and
     each joined with the bootstrap (what the docs print is one of these).
     Pooled populations are fewer, so they may get more draws (`pooled_draws`, default `draws`)."""
     rng = np.random.default_rng(seed)

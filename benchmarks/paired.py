@@ -19,7 +19,7 @@ draw at about twice the width, deciding a quarter as often, so it is measured bu
 An accuracy difference's bootstrap fell short too (.91 of 50- and 100-case draws, one seed), so
 `paired_accuracy_difference` joins it with a MOVER interval (`ACCURACY_METHOD`): each side's Wilson
 interval at its effective number of cases, recovered into one for the difference. Joined, it held
-the truth in .97 (one seed) and .98 (seeds pooled) of 50-case draws at about 1.15 times the width;
+the truth in .97 (one seed) and .98 (seeds pooled) of 50-case draws at about 1.13 times the width;
 Newcombe's interval (Wilson at the nominal number of cases) held it in .98 and .99 but at 1.6 times
 the width once seeds are pooled, whose mean varies less than one seed's binomial count.
 
@@ -368,8 +368,8 @@ def accuracy_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Se
       over its variance: seeds averaged, or patients with several images, move the variance away from
       one seed's binomial one, and the effective count follows it.
 
-    Unlike the Wald interval (and the bootstrap) the last two do not collapse to 0 where the drawn cases
-    hold none that one side gets right and the other wrong."""
+    Where the drawn cases hold none that one side gets right and the other wrong, the Wald interval (and
+    the bootstrap) collapse to 0; the last two keep the lopsidedness of each side's Wilson interval."""
     pairs = _as_arrays(pairs)
     groups = list(groups) if groups is not None else [None] * len(pairs)
     orders = shared_order(case_ids, [a["label"] for a, _ in pairs])

@@ -368,3 +368,31 @@ def test_ci_coverage_section_shows_each_interval_with_its_coverage(tmp_path: Pat
     assert f"**bootstrap + {names[make_docs.ACCURACY_METHOD]} (what this page prints)**" in accuracy_table
     assert accuracy_table.count("(what this page prints)") == 2 and accuracy_table.count("| 50 |") == 4
     assert "--parts paired_accuracy` — Test CPU; no training, 3.0 s." in accuracy_table
+
+
+def test_paired_accuracy_differences_join_the_bootstrap_with_the_closed_form_interval():
+    """ΔACC and Δbalanced ACC are printed with the bootstrap's CI joined with ACCURACY_METHOD's interval,
+    both kept; ΔAUC with SCORE_METHOD's; seeds on one test split share each draw."""
+    import numpy as np
+
+    make_docs = _load("make_docs")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+
+    def entry(skill: float) -> dict:
+        runs = []
+        for seed in (0, 1):
+            logits = np.eye(3)[labels] * skill + rng.normal(0, 1, (60, 3))
+            probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            runs.append({"seed": seed, "numbers": {"per_case": {
+                "case_id": [f"c{i}" for i in range(60)], "label": labels.tolist(), "probs": probs.tolist()}}})
+        return {"runs": runs}
+
+    a, b = entry(2.0), entry(1.0)
+    diff = make_docs.paired_differences(a, b, 200)
+    assert diff["score_method"] == make_docs.SCORE_METHOD and diff["seeds_resampled"] == "together"
+    for acc in (diff["acc"], make_docs.paired_difference(a, b, 200, metric=make_docs.balanced_accuracy)):
+        assert acc["score_method"] == make_docs.ACCURACY_METHOD and acc["seed_list"] == [0, 1]
+        assert acc["ci_low"] == min(acc["bootstrap_ci"][0], acc["score_ci"][0])
+        assert acc["ci_high"] == max(acc["bootstrap_ci"][1], acc["score_ci"][1])
+        assert acc["ci_low"] < acc["delta"] < acc["ci_high"]
