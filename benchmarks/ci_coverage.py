@@ -59,6 +59,7 @@ METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 INTERVALS = ("bootstrap", "score", "widened")  # evaluate prints "widened": the union of the other two
 POPULATION_FACTOR = 10  # a population holds at least this many times the cases of a draw
 PARTS = ("metrics", "paired", "paired_accuracy")  # single-model intervals; paired AUC and accuracy differences
+PAIRED_PART_METRIC = {"paired": "roc_auc", "paired_accuracy": "accuracy"}
 
 
 def stratified_draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
             command = f"python benchmarks/ci_coverage.py --parts metrics --draws {args.draws} --seed {args.seed}"
         else:
             rows = measure_paired(sets, draws=args.paired_draws, seed=args.seed, pooled_draws=args.pooled_draws,
-                                  metric="roc_auc" if part == "paired" else "accuracy")
+                                  metric=PAIRED_PART_METRIC[part])
             command = (f"python benchmarks/ci_coverage.py --parts {part} --paired-draws {args.paired_draws} "
                        f"--pooled-draws {args.pooled_draws} --seed {args.seed}")
         result[part] = {"command": command, **machine(), "seconds": round(time.perf_counter() - started, 1),

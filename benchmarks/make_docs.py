@@ -32,14 +32,14 @@ from paired import (  # noqa: E402
     verdict,
 )
 
-# How the docs name the closed-form interval that paired.py joins with the bootstrap for an AUC difference.
-SCORE_NAME = {"delong": "DeLong", "mover": "MOVER"}[SCORE_METHOD]
+# How the docs name each closed-form interval of paired.py, and the one it joins with the bootstrap for an AUC
+# difference and for an accuracy (or balanced accuracy) difference.
+METHOD_NAMES = {"delong": "DeLong", "wald": "Wald", "newcombe": "Newcombe", "mover": "MOVER"}
+SCORE_NAME, ACCURACY_NAME = METHOD_NAMES[SCORE_METHOD], METHOD_NAMES[ACCURACY_METHOD]
 SCORE_DESCRIPTION = {
     "delong": "the DeLong interval (Wald, with DeLong's variance of the difference from each case's placement values)",
     "mover": "the MOVER interval (each side's Newcombe interval recovered into one for the difference with the "
              "correlation of the two AUCs from DeLong's placement values)"}[SCORE_METHOD]
-# ... and for an accuracy (or balanced accuracy) difference.
-ACCURACY_NAME = {"mover": "MOVER", "newcombe": "Newcombe", "wald": "Wald"}[ACCURACY_METHOD]
 ACCURACY_DESCRIPTION = {
     "mover": "the MOVER interval (each side's Wilson interval at its effective number of cases, recovered into "
              "one for the difference with the correlation of the two sides' per-case successes)",
@@ -787,12 +787,23 @@ CI_INTERVAL_NAMES = {"bootstrap": "percentile bootstrap alone (before)", "score"
 
 
 PAIRED_INTERVAL_NAMES = {"bootstrap, seeds apart": "bootstrap, each seed's cases drawn apart (before)",
-                         "bootstrap": "bootstrap, one draw of cases for all seeds", "delong": "DeLong alone",
-                         "wald": "Wald alone", "newcombe": "Newcombe alone", "mover": "MOVER alone",
-                         "bootstrap + delong": "bootstrap + DeLong", "bootstrap + wald": "bootstrap + Wald",
-                         "bootstrap + newcombe": "bootstrap + Newcombe", "bootstrap + mover": "bootstrap + MOVER"}
-# Per paired part of ci_coverage: the difference it measures and the interval this page prints for it.
-PAIRED_PARTS = {"paired": ("AUC", SCORE_METHOD), "paired_accuracy": ("accuracy", ACCURACY_METHOD)}
+                         "bootstrap": "bootstrap, one draw of cases for all seeds",
+                         **{method: f"{name} alone" for method, name in METHOD_NAMES.items()},
+                         **{f"bootstrap + {method}": f"bootstrap + {name}" for method, name in METHOD_NAMES.items()}}
+# Per paired part of ci_coverage: the difference it measures, the interval this page prints for it, and
+# the closed-form intervals it measures.
+PAIRED_PARTS = {
+    "paired": ("AUC", SCORE_METHOD,
+               "from DeLong's placement values: *DeLong*, the Wald interval with DeLong's variance of the difference; "
+               "*MOVER*, each side's Newcombe interval recovered into one for the difference with the correlation of "
+               "the two AUCs"),
+    "paired_accuracy": ("accuracy", ACCURACY_METHOD,
+                        "from each case being right or wrong: *Wald*, with the variance of the per-case differences; "
+                        "*Newcombe*, each side's Wilson interval at its number of cases recovered into one for the "
+                        "difference with the two sides' correlation (MOVER; for one seed Newcombe's paired-proportion "
+                        "interval); *MOVER*, the same with each side's Wilson interval at its effective number of cases "
+                        "(p (1 − p) over its variance, which averaging seeds shrinks)"),
+}
 
 
 def _paired_interval_name(interval: str, printed: str = SCORE_METHOD) -> str:
@@ -849,18 +860,9 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
                       "every seed, closed-form intervals, and each of them joined with the bootstrap (the wider on "
                       "each side). *Wrong-sign verdict*: a win where the truth is a loss, or a loss where it is a win.",
                       ""]
-        for part, (what, printed) in PAIRED_PARTS.items():
+        for part, (what, printed, closed) in PAIRED_PARTS.items():
             if not run.get(part):
                 continue
-            closed = {"AUC": "from DeLong's placement values: *DeLong*, the Wald interval with DeLong's variance of "
-                             "the difference; *MOVER*, each side's Newcombe interval recovered into one for the "
-                             "difference with the correlation of the two AUCs",
-                      "accuracy": "from each case being right or wrong: *Wald*, with the variance of the per-case "
-                                  "differences; *Newcombe*, each side's Wilson interval at its number of cases recovered "
-                                  "into one for the difference with the two sides' correlation (MOVER; for one seed "
-                                  "Newcombe's paired-proportion interval); *MOVER*, the same with each side's Wilson "
-                                  "interval at its effective number of cases (p (1 − p) over its variance, which "
-                                  "averaging seeds shrinks)"}[what]
             lines += [f"*{what} difference* (closed-form intervals {closed}):", "",
                       "| test cases | seeds | interval | population pairs | draws | coverage [95% CI] | truth above / "
                       "below it | median width | win or loss said | wrong-sign verdicts |",

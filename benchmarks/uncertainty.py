@@ -323,10 +323,8 @@ def paired_difference(pairs: list[tuple[dict, dict]], statistic, n_bootstrap: in
     holds one (source's per-case arrays, the softmax's) per seed. Seeds scored on the same test cases
     (their per-case "case_id" and "label" agree) share each draw of cases, patients where ids repeat;
     records from before case ids were stored are drawn apart."""
-    case_ids = [a.get("case_id") for a, _ in pairs]
-    groups = [a.get("patient_id") for a, _ in pairs]
-    return paired_bootstrap(pairs, statistic, n_bootstrap, seed, groups=groups,
-                            case_ids=None if any(ids is None for ids in case_ids) else case_ids)
+    return paired_bootstrap(pairs, statistic, n_bootstrap, seed, groups=[a.get("patient_id") for a, _ in pairs],
+                            case_ids=[a.get("case_id") for a, _ in pairs])
 
 
 def reference_pairs(rows: list[dict], records: list[dict]) -> list[tuple[dict, dict]]:
