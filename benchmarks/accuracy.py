@@ -35,7 +35,8 @@ from _common import (  # noqa: E402
     show_table,
     write_json,
 )
-from paired import case_predictions  # noqa: E402
+
+from dualfuse.evaluation.paired import case_predictions  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "rows.yaml"
 HEADLINE = {"auc": "roc_auc", "acc": "accuracy", "bacc": "balanced_accuracy", "f1": "f1_macro"}

@@ -15,7 +15,7 @@ interval of a coverage is an exact binomial one over draws (draws of one populat
 read it as a lower bound of the uncertainty). The population is at least ten times the draw, so
 sampling without replacement is close to the bootstrap's with-replacement model.
 
-The paired differences behind every "win", "tie" or "loss" in docs/benchmarks.md (benchmarks/paired.py)
+The paired differences behind every "win", "tie" or "loss" in docs/benchmarks.md (dualfuse.evaluation.paired)
 are measured the same way, for AUC (part "paired") and accuracy ("paired_accuracy"): two stored
 prediction sets of one source and dataset that score the same cases form a population pair, for one
 seed or pooled over the seeds both rows have; the mean over seeds of their difference on all cases is
@@ -37,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO_ROOT, machine, read_json, show_table, write_json
-from paired import (
+from referral import SOURCES, case_sets
+
+from dualfuse.evaluation.metrics import classification_metrics
+from dualfuse.evaluation.paired import (
     N_BOOTSTRAP,
     accuracy,
     accuracy_difference_intervals,
@@ -47,9 +50,6 @@ from paired import (
     paired_bootstrap,
     verdict,
 )
-from referral import SOURCES, case_sets
-
-from dualfuse.evaluation.metrics import classification_metrics
 from dualfuse.uncertainty.conformal import binomial_ci
 
 SIZES = (20, 50, 100, 200)
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
                  f"{r['truth_above']:.3f} / {r['truth_below']:.3f}", f"{r['median_width']:.3f}"]
                 for r in rows if r["dataset"] == "all"], left=4, width=150)
     for part, name in (("paired", "an AUC"), ("paired_accuracy", "an accuracy")):
-        show_table(f"paired 95% CIs of {name} difference (benchmarks/paired.py) on small test sets",
+        show_table(f"paired 95% CIs of {name} difference (dualfuse.evaluation.paired) on small test sets",
                    ("test cases", "seeds", "interval", "pairs", "draws", "coverage [95% CI]", "truth above / below",
                     "median width", "win or loss said", "wrong-sign verdicts"),
                    [[str(r["n_test"]), r["seeds"], r["interval"], str(r["pairs"]), str(r["draws"]),

@@ -39,7 +39,8 @@ from _common import (  # noqa: E402
     show_table,
     write_json,
 )
-from paired import case_predictions  # noqa: E402
+
+from dualfuse.evaluation.paired import case_predictions  # noqa: E402
 
 ROWS_FILE = REPO_ROOT / "configs" / "benchmarks" / "cv_rows.yaml"
 # The pooled out-of-fold numbers each record keeps (the library's metric names).

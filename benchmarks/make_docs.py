@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX, TARGETS, read_json  # noqa: E402
-from paired import (  # noqa: E402
+
+from dualfuse.evaluation.paired import (  # noqa: E402
     ACCURACY_METHOD,
     SCORE_METHOD,
     accuracy,
@@ -32,8 +33,8 @@ from paired import (  # noqa: E402
     verdict,
 )
 
-# How the docs name each closed-form interval of paired.py, and the one it joins with the bootstrap for an AUC
-# difference and for an accuracy (or balanced accuracy) difference.
+# How the docs name each closed-form interval (dualfuse.evaluation.paired), and the one it joins with the bootstrap for
+# an AUC difference and for an accuracy (or balanced accuracy) difference.
 METHOD_NAMES = {"delong": "DeLong", "wald": "Wald", "newcombe": "Newcombe", "mover": "MOVER"}
 SCORE_NAME, ACCURACY_NAME = METHOD_NAMES[SCORE_METHOD], METHOD_NAMES[ACCURACY_METHOD]
 SCORE_DESCRIPTION = {
@@ -497,6 +498,14 @@ def _tally(diffs: list[dict]) -> str:
     return f"{counts['win']} win(s), {counts['tie']} tie(s), {counts['loss']} loss(es)"
 
 
+def _other_budget(by_row: dict, row: str | None, device: str, proto: tuple) -> dict | None:
+    """A recipe row whose change is its budget (more epochs) pairs with the plain row's one entry that differs
+    from it in the epoch cap alone."""
+    found = [entry for (other, dev, other_proto), entry in by_row.items()
+             if other == row and dev == device and other_proto[0] == proto[0] and other_proto[2:] == proto[2:]]
+    return found[0] if len(found) == 1 else None
+
+
 def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                    pairs: dict[str, dict[str, str]] | None = None) -> list[str]:
     """Test AUC of each fusion model minus that of its backbones / concat fusion; of each ablation minus
@@ -518,7 +527,10 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                     fusion.append((diff, _pair_line(dataset, f"{model_a} − {model_b}", a, diff)))
         for field in PAIR_FIELDS:
             for (row, device, proto), entry in by_row.items():
-                other = by_row.get(((pairs.get(field) or {}).get(row), device, proto))
+                partner = (pairs.get(field) or {}).get(row)
+                other = by_row.get((partner, device, proto))
+                if not other and field == "recipe_of":
+                    other = _other_budget(by_row, partner, device, proto)
                 if not other:
                     continue
                 # alone_of names the zip row from the alone row; the difference reads zip − alone.
@@ -541,7 +553,8 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
              "page printed before (each seed's cases resampled apart, the bootstrap alone) did. The verdict and the "
              "tallies read AUC; ΔACC is the "
              "same paired difference for test accuracy (the argmax of the probabilities each run printed), which "
-             "can move while AUC does not.", ""]
+             "can move while AUC does not. The same comparison on your own runs: `dualfuse compare A B` (a quoted "
+             "glob such as \"runs/dcat_seed*\" gives one run per seed).", ""]
     if fusion:
         dcat = [d for d, line in fusion if "| dcat − " in line]
         drifa = [d for d, line in fusion if "| drifa_net − " in line]
@@ -556,7 +569,7 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
                         "a *win* that the model is better without it."),
         "recipe_of": ("### Recipe: what adding each part does",
                       "The model trained with one training change (a part of the small-data recipe, "
-                      "configs/recipes/small_data.yaml, or the checkpoint choice the row names) minus the same model "
+                      "configs/recipes/small_data.yaml, or the checkpoint choice or budget the row names) minus the same model "
                       "trained plainly, same protocol: a *win* means the change helped."),
         "alone_of": ("### Multitask (zip) training vs each dataset alone",
                      "DRIFA-Net trained in zip mode on two datasets (one head each) minus the same network trained on "
@@ -850,7 +863,7 @@ def ci_coverage_section(runs: list[dict]) -> list[str]:
                       "when each row was measured: rows measured before the intervals were joined carry the percentile "
                       "bootstrap alone, too narrow on small test sets as this table shows.", ""]
         if run.get("paired") or run.get("paired_accuracy"):
-            lines += ["**The paired differences** behind every win, tie and loss on this page (`benchmarks/paired.py`), "
+            lines += ["**The paired differences** behind every win, tie and loss on this page (`dualfuse.evaluation.paired`), "
                       "measured the same way: two stored prediction sets of one source and dataset that score the same "
                       "cases form a population pair, for one seed or pooled over the seeds both rows have (every "
                       "benchmark here scores each seed on the same test split); the mean over seeds of their "

@@ -38,7 +38,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import (  # noqa: E402
+
+from dualfuse.evaluation.paired import (  # noqa: E402
     N_BOOTSTRAP,
     align_cases,
     case_predictions,

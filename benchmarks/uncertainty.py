@@ -37,7 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, SOURCE_PX, machine, merge_records, read_json, write_json  # noqa: E402
-from paired import N_BOOTSTRAP, binary_auroc, format_difference, paired_bootstrap, patient_groups, verdict  # noqa: E402
+
+from dualfuse.evaluation.paired import (  # noqa: E402
+    N_BOOTSTRAP,
+    binary_auroc,
+    format_difference,
+    paired_bootstrap,
+    patient_groups,
+    verdict,
+)
 
 MC_SAMPLES = 30
 MEMBERS = 3

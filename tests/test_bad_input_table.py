@@ -261,6 +261,27 @@ def history_after_resume(tmp_path, ctx):
     return ["train", "--output", str(run), "--resume", "--train.epochs", "2"]
 
 
+# --- compare -----------------------------------------------------------------------------------------
+def predictions_csv(folder: Path, case_ids: list[str]) -> Path:
+    """A two-class predictions.csv (as `train` writes it) for the test cases `case_ids`."""
+    folder.mkdir(parents=True)
+    rows = [f"{case},,test,{'ab'[i % 2]},0.{3 + i % 5},0.{7 - i % 5}" for i, case in enumerate(case_ids)]
+    (folder / "predictions.csv").write_text("case_id,patient_id,split,label_true,label_prob_a,label_prob_b\n"
+                                            + "\n".join(rows) + "\n")
+    return folder
+
+
+def compared_on_other_cases(tmp_path, ctx):
+    a = predictions_csv(tmp_path / "run_a", [f"c{i}" for i in range(20)])
+    b = predictions_csv(tmp_path / "run_b", [f"c{i}" for i in range(10, 30)])
+    return ["compare", a, b, "--output", tmp_path / "cmp.json"]
+
+
+def compare_unquoted_glob(tmp_path, ctx):
+    runs = [predictions_csv(tmp_path / f"run_{seed}", ["c1", "c2", "c3", "c4"]) for seed in range(3)]
+    return ["compare", *runs]
+
+
 # --- privacy -----------------------------------------------------------------------------------------
 def predicted_paths(tmp_path, ctx):
     folder = tmp_path / "ward 7" / "scans"
@@ -381,6 +402,9 @@ CASES = [
     ("stale .best.ckpt.<12 hex>.tmp[train --resume]", stale_temporary_on_resume, 0, "run folder:"),
     ("metrics.csv history after --resume[train --resume]", history_after_resume, 0, "run folder:"),
     # Privacy
+    ("two runs scored on different test cases[compare]", compared_on_other_cases, 2,
+     "were scored on different test cases"),
+    ("a glob the shell expanded into three runs[compare]", compare_unquoted_glob, 2, "quote a glob pattern"),
     ("paths in predict's case_id and patient_id[predict]", predicted_paths, 0, "wrote 2 predictions"),
     ("data paths in the model card and report[report]", model_card_and_report, 0, "wrote "),
     ("data paths with sensitive: true / --redact[report --redact]", report_redacted, 0, "wrote "),

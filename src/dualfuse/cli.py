@@ -278,6 +278,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dualfuse.api.compare import compare
+    from dualfuse.evaluation.paired import format_difference
+
+    if len(args.runs) != 2:
+        hint = ("; quote a glob pattern that names one run per seed (\"runs/dcat_seed*\") so the shell does not "
+                "expand it" if len(args.runs) > 2 else "")
+        raise ValueError(f"give two runs, A and B, got {len(args.runs)}{hint}")
+    result = compare(args.runs[0], args.runs[1], task=args.task, split=args.split,
+                     names=tuple(args.names) if args.names else None, n_bootstrap=args.n_bootstrap,
+                     output=args.output)
+    a, b = result["a"]["name"], result["b"]["name"]
+    console = Console(width=max(Console().width, 110))
+    for task, entry in result["tasks"].items():
+        unit = f"{entry['cases']} cases" + (f" of {entry['patients']} patients" if entry["patients"] else "")
+        seeds = result["seeds"]
+        table = Table(title=f"{task}: {a} − {b}, paired on the same {unit} ({result['split']}), {seeds} seed(s)"
+                            + (f" resampled {entry['seeds_resampled']}" if seeds > 1 else ""))
+        for column in ("metric", a, b, "A − B [95% CI]", "verdict"):
+            table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+        for metric in entry["metrics"].values():
+            table.add_row(metric["label"], f"{metric['a']:.3f}", f"{metric['b']:.3f}",
+                          format_difference(metric["difference"]), metric["verdict"])
+        table.caption = ("win / loss only where the 95% CI excludes 0; the CI is a paired bootstrap over "
+                         f"{entry['resampled']} joined with a closed-form interval (DeLong for AUC, MOVER for accuracy)")
+        console.print(table)
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from dualfuse.api import predict
 
@@ -387,6 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="zip-mode models: predict each image beside K partner images of the other modalities "
                                "from the training split and average (default 8; 0: each split's one zip pairing)")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    compare = commands.add_parser(
+        "compare", help="is model A better than B? the paired difference of AUC and accuracy on the same cases",
+        description="A - B on the cases both were scored on, with a 95% CI from a paired bootstrap (whole patients "
+                    "where ids repeat) joined with a closed-form interval; win or loss only where it excludes 0.")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="A then B: each a run folder, cv folder, evaluate output folder or predictions.csv, or "
+                              "a quoted glob pattern naming one run per seed (paired with B's run of the same seed)")
+    compare.add_argument("--task", help="compare this task only (default: every task both predict)")
+    compare.add_argument("--split", default="test",
+                         help="which rows of a run's predictions (default test); a cv folder's are all out of fold")
+    compare.add_argument("--names", nargs=2, metavar=("A", "B"), help="how to call the two sides (default: folder names)")
+    compare.add_argument("--n-bootstrap", type=_positive, default=1000, help="bootstrap draws (default 1000)")
+    compare.add_argument("--output", help="also write the comparison to this JSON file")
+    compare.set_defaults(handler=_cmd_compare)
 
     predict = commands.add_parser("predict", help="class probabilities for images, folders, a manifest or an npz")
     predict.add_argument("checkpoint", help="run folder, model folder, model.safetensors or a .ckpt")

@@ -7,6 +7,7 @@
     predict(run, inputs, output)     probabilities (and uncertainty, referral, conformal sets) as CSV
     explain(run, inputs, output)     Grad-CAM overlays
     report(run)                      the HTML report and model card
+    compare(a, b)                    A - B on the same cases: paired AUC and accuracy differences with CIs
 
 `load_model` and `RunFolder` never import Lightning; the others load it when first used.
 """
@@ -18,9 +19,10 @@ from dualfuse.api.loading import LoadedModel, load_model
 from dualfuse.api.run_folder import RunFolder, RunFolderError
 
 _LAZY = {"train": "dualfuse.api.training", "evaluate": "dualfuse.api.evaluation", "predict": "dualfuse.api.prediction",
-         "explain": "dualfuse.api.prediction", "report": "dualfuse.api.reporting"}
+         "explain": "dualfuse.api.prediction", "report": "dualfuse.api.reporting",
+         "compare": "dualfuse.api.compare"}
 
-__all__ = ["LoadedModel", "RunFolder", "RunFolderError", "evaluate", "explain", "load_model", "predict", "report",
+__all__ = ["LoadedModel", "RunFolder", "RunFolderError", "compare", "evaluate", "explain", "load_model", "predict", "report",
            "train"]
 
 

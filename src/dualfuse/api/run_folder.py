@@ -113,6 +113,10 @@ class RunFolder:
     def calibration(self) -> dict | None:
         return _read_json(self.calibration_path)
 
+    def seed(self) -> int:
+        """The training seed the config records, read raw (no data path is resolved; 0 where unset)."""
+        return int((_read_yaml(self.config_path).get("train") or {}).get("seed") or 0)
+
     def sensitive(self) -> bool:
         """Whether any data source is marked `sensitive: true` (paths and names never shown)."""
         sources = (_read_yaml(self.config_path).get("data") or {}).get("sources") or {}

@@ -1,5 +1,7 @@
 """Paired comparisons: is A better than B on the same cases? A CI of the difference, never two point estimates.
 
+Behind `dualfuse compare` and every win / tie / loss of docs/benchmarks.md.
+
 Both sides of a pair are scored on the same test cases (aligned by case id), so case difficulty
 cancels out of the difference. The CI comes from a bootstrap that resamples cases (whole patients
 where a `group` array is given) identically for both sides; with several seeds the statistic is the
@@ -22,8 +24,6 @@ interval at its effective number of cases, recovered into one for the difference
 the truth in .97 (one seed) and .98 (seeds pooled) of 50-case draws at about 1.13 times the width;
 Newcombe's interval (Wilson at the nominal number of cases) held it in .98 and .99 but at 1.6 times
 the width once seeds are pooled, whose mean varies less than one seed's binomial count.
-
-Kept free of torch at import (scipy and numpy only), so the docs generator and its tests stay light.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import norm, rankdata
+
+from dualfuse.evaluation.metrics import score_interval
 
 N_BOOTSTRAP = 1000
 
@@ -57,6 +59,9 @@ def case_predictions(csv_path, task: str, classes: Sequence[str] | None = None, 
     frame = frame[frame[f"{task}_true"] != ""]
     prefix = f"{task}_prob_"
     classes = list(classes or [c[len(prefix):] for c in frame.columns if c.startswith(prefix)])
+    unknown = sorted(set(frame[f"{task}_true"]) - set(classes))
+    if unknown:
+        raise ValueError(f"{csv_path}: task '{task}' has true classes without probability columns: {unknown}")
     cases = {"case_id": frame["case_id"].tolist(), "label": [classes.index(c) for c in frame[f"{task}_true"]],
              "probs": frame[[prefix + c for c in classes]].round(6).to_numpy().tolist()}
     groups = patient_groups(frame["patient_id"].tolist()) if "patient_id" in frame else None
@@ -276,8 +281,6 @@ def _auc_bounds(theta: dict[str, float], pairs: list[tuple[dict, dict]],
                 confidence: float) -> dict[str, tuple[float, float]] | None:
     """Each side's Newcombe score interval of its AUC at its estimate, at each seed's class counts, the
     widest over seeds; None where one is undefined."""
-    from dualfuse.evaluation.metrics import score_interval  # imports torch through dualfuse: only for MOVER
-
     bounds = {}
     for side, index in (("a", 0), ("b", 1)):
         intervals = [score_interval("roc_auc", theta[side], pair[index]["label"].astype(int),
@@ -316,8 +319,7 @@ def auc_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Sequenc
       correlation; it does not collapse where both AUCs sit at 1, but with highly correlated models
       and lopsided side intervals it is wider than it needs to be.
 
-    Only `methods` are computed (MOVER's Newcombe intervals import dualfuse, and with it torch). None
-    where an AUC is undefined."""
+    Only `methods` are computed. None where an AUC is undefined."""
     pairs = _as_arrays(pairs)
     groups = list(groups) if groups is not None else [None] * len(pairs)
     orders = shared_order(case_ids, [a["label"] for a, _ in pairs])
