@@ -501,8 +501,11 @@ def _tally(diffs: list[dict]) -> str:
 def _other_budget(by_row: dict, row: str | None, device: str, proto: tuple) -> dict | None:
     """A recipe row whose change is its budget (more epochs) pairs with the plain row's one entry that differs
     from it in the epoch cap alone."""
+    def without_epochs(key: tuple) -> tuple:  # protocol() less its epoch cap (its second field)
+        return key[:1] + key[2:]
+
     found = [entry for (other, dev, other_proto), entry in by_row.items()
-             if other == row and dev == device and other_proto[0] == proto[0] and other_proto[2:] == proto[2:]]
+             if other == row and dev == device and without_epochs(other_proto) == without_epochs(proto)]
     return found[0] if len(found) == 1 else None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from dualfuse.evaluation.paired import (
     macro_auroc,
     paired_accuracy_difference,
     paired_auc_difference,
+    read_predictions,
     verdict,
 )
 
@@ -35,8 +37,7 @@ from dualfuse.evaluation.paired import (
 METRICS = {
     "auc": ("AUC", macro_auroc, paired_auc_difference),
     "acc": ("accuracy", accuracy, paired_accuracy_difference),
-    "balanced_acc": ("balanced accuracy", balanced_accuracy,
-                     lambda pairs, **kw: paired_accuracy_difference(pairs, balanced=True, **kw)),
+    "balanced_acc": ("balanced accuracy", balanced_accuracy, partial(paired_accuracy_difference, balanced=True)),
 }
 OUT_OF_FOLD = "out of fold"
 
@@ -91,8 +92,9 @@ def _tasks(frame: pd.DataFrame) -> list[str]:
 
 
 def _read(path: Path, split: str) -> tuple[pd.DataFrame, str]:
+    """The file, read once, and which of its rows a comparison uses: `split`, or all (cv's out-of-fold file)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = read_predictions(path)
     except (ValueError, UnicodeDecodeError) as error:  # pandas' parser and empty-file errors are ValueErrors
         raise ValueError(f"{path}: unreadable CSV: {' '.join(str(error).split())}") from None
     if "case_id" not in frame.columns or not _tasks(frame):
@@ -100,9 +102,8 @@ def _read(path: Path, split: str) -> tuple[pd.DataFrame, str]:
                          "column; `predict` writes none: compare what `train`, `cv` or `evaluate` wrote)")
     if "split" not in frame.columns:
         return frame, OUT_OF_FOLD  # cv's pooled file: every case once, scored by the fold model that never saw it
-    splits = frame["split"]
-    if split not in set(splits):
-        raise ValueError(f"{path}: no case of split '{split}' (it holds {', '.join(sorted(set(splits)))})")
+    if split not in set(frame["split"]):
+        raise ValueError(f"{path}: no case of split '{split}' (it holds {', '.join(sorted(set(frame['split'])))})")
     return frame, split
 
 
@@ -123,12 +124,12 @@ def compare(a: str | Path | Sequence[str | Path], b: str | Path | Sequence[str |
         raise ValueError("give at least one run on each side")
     names = names or tuple(_side_name(x) for x in (a, b))
     files = [[prediction_file(path) for path in side] for side in sides]
-    read = [[_read(path, split) for path in side] for side in files]
-    used = {where for side in read for _, where in side}
+    read = {path: _read(path, split) for side in files for path in side}
+    used = {where for _, where in read.values()}
     if len(used) > 1:
         raise ValueError(f"{names[0]} and {names[1]} mix a cv folder's out-of-fold predictions with a run's "
                          f"'{split}' split: compare like with like")
-    common = [t for t in _tasks(read[0][0][0]) if all(t in _tasks(frame) for side in read for frame, _ in side)]
+    common = [t for t in _tasks(read[files[0][0]][0]) if all(t in _tasks(frame) for frame, _ in read.values())]
     if task is not None and task not in common:
         raise ValueError(f"task '{task}' is not predicted by both sides (common tasks: {', '.join(common) or 'none'})")
     if not common:
@@ -139,8 +140,8 @@ def compare(a: str | Path | Sequence[str | Path], b: str | Path | Sequence[str |
               "b": {"name": names[1], "predictions": [str(p) for _, p in pairs_of_files]},
               "split": where, "seeds": len(pairs_of_files), "n_bootstrap": n_bootstrap, "tasks": {}}
     for name in [task] if task else common:
-        result["tasks"][name] = _compare_task(pairs_of_files, name, None if where == OUT_OF_FOLD else split,
-                                              n_bootstrap, seed)
+        result["tasks"][name] = _compare_task([(read[a][0], read[b][0]) for a, b in pairs_of_files], name,
+                                              None if where == OUT_OF_FOLD else split, n_bootstrap, seed)
     if output is not None:
         atomic_write_json(Path(output), result)
     return result
@@ -154,19 +155,20 @@ def _side_name(side: str | Path | Sequence[str | Path]) -> str:
     return name + (f" (+{len(items) - 1} more)" if len(items) > 1 else "")
 
 
-def _compare_task(pairs_of_files: list[tuple[Path, Path]], task: str, split: str | None, n_bootstrap: int,
+def _compare_task(frames: list[tuple[pd.DataFrame, pd.DataFrame]], task: str, split: str | None, n_bootstrap: int,
                   seed: int) -> dict:
     pairs, groups, case_ids = [], [], []
-    classes = _classes(pairs_of_files[0][0], task)
-    for path_a, path_b in pairs_of_files:
-        for path in (path_a, path_b):
-            if sorted(_classes(path, task)) != sorted(classes):
-                raise ValueError(f"{path} predicts other classes for task '{task}' than {pairs_of_files[0][0]}: "
-                                 f"{_classes(path, task)} vs {classes}")
-        first, other = (case_predictions(path, task, classes, split) for path in (path_a, path_b))
-        side_a, side_b = align_cases(first, other, names=(str(path_a), str(path_b)))
+    classes = _classes(frames[0][0], task)
+    for frame_a, frame_b in frames:
+        for frame in (frame_a, frame_b):
+            if sorted(_classes(frame, task)) != sorted(classes):
+                raise ValueError(f"{frame.attrs['source']} predicts other classes for task '{task}' than "
+                                 f"{frames[0][0].attrs['source']}: {_classes(frame, task)} vs {classes}")
+        first, other = (case_predictions(frame, task, classes, split) for frame in (frame_a, frame_b))
+        side_a, side_b = align_cases(first, other, names=(frame_a.attrs["source"], frame_b.attrs["source"]))
         if len(side_a["label"]) < 2:
-            raise ValueError(f"{path_a}: {len(side_a['label'])} labelled case(s) of task '{task}'; a comparison needs more")
+            raise ValueError(f"{frame_a.attrs['source']}: {len(side_a['label'])} labelled case(s) of task '{task}'; "
+                             "a comparison needs more")
         pairs.append((side_a, side_b))
         groups.append(side_a.get("patient_id"))
         case_ids.append(side_a["case_id"].tolist())
@@ -186,7 +188,6 @@ def _compare_task(pairs_of_files: list[tuple[Path, Path]], task: str, split: str
     return out
 
 
-def _classes(path: Path, task: str) -> list[str]:
+def _classes(frame: pd.DataFrame, task: str) -> list[str]:
     prefix = f"{task}_prob_"
-    header = pd.read_csv(path, nrows=0).columns
-    return [column[len(prefix):] for column in header if column.startswith(prefix)]
+    return [column[len(prefix):] for column in frame.columns if column.startswith(prefix)]

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import norm, rankdata
 
 from dualfuse.evaluation.metrics import score_interval
@@ -44,16 +45,24 @@ def patient_groups(patient_ids: Sequence[str] | None) -> list[str] | None:
     return ids if ids and all(ids) and len(set(ids)) < len(ids) else None
 
 
-def case_predictions(csv_path, task: str, classes: Sequence[str] | None = None, split: str | None = "test") -> dict:
-    """One task's predictions per case from a predictions.csv, the unit of every paired comparison: case
-    ids, label indices and probabilities (6 decimals) in the file's order, plus `patient_id` only where
-    `patient_groups` would use it (repeating the case ids made a quarter of a results file).
+def read_predictions(csv_path) -> pd.DataFrame:
+    """A predictions.csv as `case_predictions` reads it (ids as text, empty cells as ""); the path is kept
+    in `attrs["source"]` for error messages."""
+    frame = pd.read_csv(csv_path, dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
+    frame.attrs["source"] = str(csv_path)
+    return frame
+
+
+def case_predictions(predictions, task: str, classes: Sequence[str] | None = None, split: str | None = "test") -> dict:
+    """One task's predictions per case from a predictions.csv (its path, or the frame `read_predictions`
+    gave), the unit of every paired comparison: case ids, label indices and probabilities (6 decimals) in
+    the file's order, plus `patient_id` only where `patient_groups` would use it (repeating the case ids
+    made a quarter of a results file).
 
     `classes` fixes the probability columns' order (default: the file's); `split` None keeps every row
     (cv's out-of-fold file has no test split)."""
-    import pandas as pd
-
-    frame = pd.read_csv(csv_path, dtype={"case_id": str, "patient_id": str}, keep_default_na=False)
+    frame = predictions if isinstance(predictions, pd.DataFrame) else read_predictions(predictions)
+    source = frame.attrs.get("source", "predictions")
     if split is not None:
         frame = frame[frame["split"] == split]
     frame = frame[frame[f"{task}_true"] != ""]
@@ -61,7 +70,7 @@ def case_predictions(csv_path, task: str, classes: Sequence[str] | None = None, 
     classes = list(classes or [c[len(prefix):] for c in frame.columns if c.startswith(prefix)])
     unknown = sorted(set(frame[f"{task}_true"]) - set(classes))
     if unknown:
-        raise ValueError(f"{csv_path}: task '{task}' has true classes without probability columns: {unknown}")
+        raise ValueError(f"{source}: task '{task}' has true classes without probability columns: {unknown}")
     cases = {"case_id": frame["case_id"].tolist(), "label": [classes.index(c) for c in frame[f"{task}_true"]],
              "probs": frame[[prefix + c for c in classes]].round(6).to_numpy().tolist()}
     groups = patient_groups(frame["patient_id"].tolist()) if "patient_id" in frame else None
