@@ -522,12 +522,15 @@ def paired_section(grouped: dict[str, list[dict]], n_bootstrap: int = 1000,
         by_row = {(e["row"], e["device"], e["protocol"]): e for e in entries}
         for (model_a, model_b) in COMPARISONS:
             for (model, device, proto), a in by_model.items():
-                b = by_model.get((model_b, device, proto))
-                if model != model_a or not b:
+                # "dcat + 24 epochs" meets "resnet18 + 24 epochs": the same change on both sides.
+                base, plus, change = model.partition(" + ")
+                b = by_model.get((model_b + plus + change, device, proto))
+                if base != model_a or not b:
                     continue
                 diff = paired_differences(a, b, n_bootstrap)
                 if diff:
-                    fusion.append((diff, _pair_line(dataset, f"{model_a} − {model_b}", a, diff)))
+                    name = f"{model_a} − {model_b}" + (f", both + {change}" if change else "")
+                    fusion.append((diff, _pair_line(dataset, name, a, diff)))
         for field in PAIR_FIELDS:
             for (row, device, proto), entry in by_row.items():
                 partner = (pairs.get(field) or {}).get(row)

@@ -68,7 +68,9 @@ def test_zip_rows_pair_with_each_dataset_alone_and_recipe_rows_with_the_plain_mo
         with_part["tasks"]["label"]["per_case"] = per_case(weak)
         longer = _record("b-dcat-24ep", "dcat + 24 epochs", seed, "breastmnist", 0.8, 0.7) | {"epochs": 24}
         longer["tasks"]["label"]["per_case"] = per_case(weak)
-        records += [zipped, alone_mri, alone_ct, plain, with_part, longer]
+        backbone_longer = _record("b-resnet18-24ep", "resnet18 + 24 epochs", seed, "breastmnist", 0.8, 0.7) | {"epochs": 24}
+        backbone_longer["tasks"]["label"]["per_case"] = per_case(strong)
+        records += [zipped, alone_mri, alone_ct, plain, with_part, longer, backbone_longer]
     (tmp_path / "accuracy_cpu.json").write_text(json.dumps({"records": records}))
     pairs = {"alone_of": {"z-alone-mri": "z-zip", "z-alone-ct": "z-zip"},
              "recipe_of": {"b-dcat-ema": "b-dcat", "b-dcat-24ep": "b-dcat"}}
@@ -80,6 +82,9 @@ def test_zip_rows_pair_with_each_dataset_alone_and_recipe_rows_with_the_plain_mo
     assert "**loss**" in recipe
     # a budget row differs from its plain row in the epoch cap by design: it still pairs
     assert "**loss**" in next(line for line in lines if "dcat + 24 epochs − dcat" in line)
+    # the same change on both sides of a fusion comparison pairs them; a change on one side alone does not
+    both = [line for line in lines if "| dcat − resnet18" in line]
+    assert len(both) == 1 and "| dcat − resnet18, both + 24 epochs |" in both[0] and "**loss**" in both[0]
 
 
 def test_an_offset_that_keeps_the_ranking_shows_in_accuracy_not_in_auc(tmp_path: Path):
