@@ -1,9 +1,11 @@
-"""Every `dualfuse` command in the README's code blocks parses: its subcommand, flags and config keys exist.
+"""Every command in the README's code blocks parses: a `dualfuse` line's subcommand, flags and config keys,
+and a `python benchmarks/X.py` line's flags.
 
 Users copy these lines first; a renamed flag or config key must fail here, not on their machine. Optional
 parts (`[--split test]`) are included, and each side of an `A | B` choice is tried."""
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 import shlex
@@ -13,9 +15,11 @@ import pytest
 
 from dualfuse.cli import _cv_options, _train_argv, build_parser
 from dualfuse.config import dump_run_config, parse_run_args
+from tests.benchmarks.test_make_docs import _load
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = re.compile(r"^\s*(?:srun\s+|[A-Z_]+=\S+\s+)*dualfuse\s+(.*)$")
+BENCHMARK = re.compile(r"^\s*(?:[A-Z_]+=\S+\s+)*(?:\.venv/bin/)?python\s+benchmarks/(\w+)\.py(.*)$")
 
 
 def _expand(tokens: list[str]) -> list[list[str]]:
@@ -40,20 +44,23 @@ def _expand(tokens: list[str]) -> list[list[str]]:
     return sequence(0, set())[0]
 
 
-def readme_commands(text: str) -> list[list[str]]:
-    """The argv (after `dualfuse`) of each command line in the README's fenced code blocks."""
+def readme_commands(text: str, pattern: re.Pattern = COMMAND) -> list[list[str]]:
+    """The argv of each command line in the README's fenced code blocks that `pattern` matches: the groups
+    before its last (a benchmark's name), then the arguments its last group holds."""
     commands = []
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            match = COMMAND.match(line)
+            match = pattern.match(line)
             if match:
-                code = re.split(r"\s#", match.group(1))[0]
+                code = re.split(r"\s#", match.groups()[-1])[0]
                 tokens = [t for t in shlex.split(re.sub(r"([\[\]|])", r" \1 ", code)) if t != "..."]
-                commands += _expand(tokens)
+                commands += [[*match.groups()[:-1], *argv] for argv in _expand(tokens)]
     return commands
 
 
-COMMANDS = readme_commands((REPO / "README.md").read_text())
+README = (REPO / "README.md").read_text()
+COMMANDS = readme_commands(README)
+BENCHMARK_COMMANDS = readme_commands(README, BENCHMARK)
 
 
 def test_the_readme_shows_every_subcommand():
@@ -89,3 +96,23 @@ def test_readme_command_parses(argv, tmp_path, monkeypatch):
         parse_run_args(_train_argv(rest))
     else:
         build_parser().parse_args(argv)
+
+
+class _Parsed(Exception):
+    """Raised instead of running a benchmark once its arguments have parsed."""
+
+
+def test_the_readme_shows_the_benchmarks():
+    assert {"accuracy", "cv", "pretrain", "uncertainty", "speed", "make_docs"} <= {c[0] for c in BENCHMARK_COMMANDS}
+
+
+@pytest.mark.parametrize("command", BENCHMARK_COMMANDS, ids=[" ".join(c)[:80] for c in BENCHMARK_COMMANDS])
+def test_readme_benchmark_command_parses(command, monkeypatch):
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))  # a bad flag exits with argparse's error before this
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(_Parsed):
+        _load(command[0]).main(command[1:])
