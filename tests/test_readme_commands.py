@@ -22,6 +22,11 @@ COMMAND = re.compile(r"^\s*(?:srun\s+|[A-Z_]+=\S+\s+)*dualfuse\s+(.*)$")
 BENCHMARK = re.compile(r"^\s*(?:[A-Z_]+=\S+\s+)*(?:\.venv/bin/)?python\s+benchmarks/(\w+)\.py(.*)$")
 
 
+def _tokens(code: str) -> list[str]:
+    """Shell words of a command line, with `[`, `]` and `|` as words of their own and `...` dropped."""
+    return [t for t in shlex.split(re.sub(r"([\[\]|])", r" \1 ", code)) if t != "..."]
+
+
 def _expand(tokens: list[str]) -> list[list[str]]:
     """Every reading of `a [b [c] | d] e`: each optional group included, one variant per `|` choice."""
     def sequence(i: int, stop: set[str]) -> tuple[list[list[str]], int]:
@@ -53,8 +58,7 @@ def readme_commands(text: str, pattern: re.Pattern = COMMAND) -> list[list[str]]
             match = pattern.match(line)
             if match:
                 code = re.split(r"\s#", match.groups()[-1])[0]
-                tokens = [t for t in shlex.split(re.sub(r"([\[\]|])", r" \1 ", code)) if t != "..."]
-                commands += [[*match.groups()[:-1], *argv] for argv in _expand(tokens)]
+                commands += [[*match.groups()[:-1], *argv] for argv in _expand(_tokens(code))]
     return commands
 
 
@@ -70,8 +74,7 @@ def test_the_readme_shows_every_subcommand():
 
 
 def test_optional_groups_and_choices_expand():
-    tokens = "evaluate r [--ensemble a b] [--target-accuracy 0.95 [--guarantee 0.95] | --target-coverage 0.9]".split()
-    tokens = shlex.split(re.sub(r"([\[\]|])", r" \1 ", " ".join(tokens)))
+    tokens = _tokens("evaluate r [--ensemble a b] [--target-accuracy 0.95 [--guarantee 0.95]|--target-coverage 0.9] ...")
     assert _expand(tokens) == [
         ["evaluate", "r", "--ensemble", "a", "b", "--target-accuracy", "0.95", "--guarantee", "0.95"],
         ["evaluate", "r", "--ensemble", "a", "b", "--target-coverage", "0.9"]]
