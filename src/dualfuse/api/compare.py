@@ -29,6 +29,7 @@ from dualfuse.evaluation.paired import (
     macro_auroc,
     paired_accuracy_difference,
     paired_auc_difference,
+    prediction_classes,
     read_predictions,
     verdict,
 )
@@ -158,12 +159,12 @@ def _side_name(side: str | Path | Sequence[str | Path]) -> str:
 def _compare_task(frames: list[tuple[pd.DataFrame, pd.DataFrame]], task: str, split: str | None, n_bootstrap: int,
                   seed: int) -> dict:
     pairs, groups, case_ids = [], [], []
-    classes = _classes(frames[0][0], task)
+    classes = prediction_classes(frames[0][0], task)
     for frame_a, frame_b in frames:
         for frame in (frame_a, frame_b):
-            if sorted(_classes(frame, task)) != sorted(classes):
+            if sorted(prediction_classes(frame, task)) != sorted(classes):
                 raise ValueError(f"{frame.attrs['source']} predicts other classes for task '{task}' than "
-                                 f"{frames[0][0].attrs['source']}: {_classes(frame, task)} vs {classes}")
+                                 f"{frames[0][0].attrs['source']}: {prediction_classes(frame, task)} vs {classes}")
         first, other = (case_predictions(frame, task, classes, split) for frame in (frame_a, frame_b))
         side_a, side_b = align_cases(first, other, names=(frame_a.attrs["source"], frame_b.attrs["source"]))
         if len(side_a["label"]) < 2:
@@ -186,8 +187,3 @@ def _compare_task(frames: list[tuple[pd.DataFrame, pd.DataFrame]], task: str, sp
                                "difference": diff, "verdict": verdict(diff)}
         out["seeds_resampled"] = diff["seeds_resampled"]
     return out
-
-
-def _classes(frame: pd.DataFrame, task: str) -> list[str]:
-    prefix = f"{task}_prob_"
-    return [column[len(prefix):] for column in frame.columns if column.startswith(prefix)]

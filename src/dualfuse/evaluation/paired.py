@@ -53,6 +53,12 @@ def read_predictions(csv_path) -> pd.DataFrame:
     return frame
 
 
+def prediction_classes(frame: pd.DataFrame, task: str) -> list[str]:
+    """A task's classes in the order of a predictions.csv's `<task>_prob_<class>` columns."""
+    prefix = f"{task}_prob_"
+    return [column[len(prefix):] for column in frame.columns if column.startswith(prefix)]
+
+
 def case_predictions(predictions, task: str, classes: Sequence[str] | None = None, split: str | None = "test") -> dict:
     """One task's predictions per case from a predictions.csv (its path, or the frame `read_predictions`
     gave), the unit of every paired comparison: case ids, label indices and probabilities (6 decimals) in
@@ -67,7 +73,7 @@ def case_predictions(predictions, task: str, classes: Sequence[str] | None = Non
         frame = frame[frame["split"] == split]
     frame = frame[frame[f"{task}_true"] != ""]
     prefix = f"{task}_prob_"
-    classes = list(classes or [c[len(prefix):] for c in frame.columns if c.startswith(prefix)])
+    classes = list(classes or prediction_classes(frame, task))
     unknown = sorted(set(frame[f"{task}_true"]) - set(classes))
     if unknown:
         raise ValueError(f"{source}: task '{task}' has true classes without probability columns: {unknown}")
