@@ -21,6 +21,7 @@ from _common import ANCHOR_SOURCE, ANCHORS, DATASET_NAMES, REPO_ROOT, SOURCE_PX,
 
 from dualfuse.evaluation.paired import (  # noqa: E402
     ACCURACY_METHOD,
+    METHOD_NAMES,
     SCORE_METHOD,
     accuracy,
     align_cases,
@@ -33,9 +34,8 @@ from dualfuse.evaluation.paired import (  # noqa: E402
     verdict,
 )
 
-# How the docs name each closed-form interval (dualfuse.evaluation.paired), and the one it joins with the bootstrap for
-# an AUC difference and for an accuracy (or balanced accuracy) difference.
-METHOD_NAMES = {"delong": "DeLong", "wald": "Wald", "newcombe": "Newcombe", "mover": "MOVER"}
+# The closed-form interval joined with the bootstrap for an AUC difference and for an accuracy (or balanced accuracy)
+# difference, as the docs name them.
 SCORE_NAME, ACCURACY_NAME = METHOD_NAMES[SCORE_METHOD], METHOD_NAMES[ACCURACY_METHOD]
 SCORE_DESCRIPTION = {
     "delong": "the DeLong interval (Wald, with DeLong's variance of the difference from each case's placement values)",

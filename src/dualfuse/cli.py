@@ -283,7 +283,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from dualfuse.api.compare import compare
-    from dualfuse.evaluation.paired import format_difference
+    from dualfuse.evaluation.paired import format_difference, interval_method
 
     if len(args.runs) != 2:
         hint = ("; quote a glob pattern that names one run per seed (\"runs/dcat_seed*\") so the shell does not "
@@ -304,8 +304,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         for metric in entry["metrics"].values():
             table.add_row(metric["label"], f"{metric['a']:.3f}", f"{metric['b']:.3f}",
                           format_difference(metric["difference"]), metric["verdict"])
-        table.caption = ("win / loss only where the 95% CI excludes 0; the CI is a paired bootstrap over "
-                         f"{entry['resampled']} joined with a closed-form interval (DeLong for AUC, MOVER for accuracy)")
+        methods = {}
+        for metric in entry["metrics"].values():
+            methods.setdefault(interval_method(metric["difference"]), []).append(metric["label"])
+        table.caption = (f"win / loss only where the 95% CI excludes 0; paired over {entry['resampled']}; CI: "
+                         + "; ".join(f"{how} for {', '.join(labels)}" for how, labels in methods.items()))
         console.print(table)
     if args.output:
         print(f"wrote {args.output}")
@@ -422,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "from the training split and average (default 8; 0: each split's one zip pairing)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
+    from dualfuse.evaluation.paired import N_BOOTSTRAP
+
     compare = commands.add_parser(
         "compare", help="is model A better than B? the paired difference of AUC and accuracy on the same cases",
         description="A - B on the cases both were scored on, with a 95% CI from a paired bootstrap (whole patients "
@@ -433,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--split", default="test",
                          help="which rows of a run's predictions (default test); a cv folder's are all out of fold")
     compare.add_argument("--names", nargs=2, metavar=("A", "B"), help="how to call the two sides (default: folder names)")
-    compare.add_argument("--n-bootstrap", type=_positive, default=1000, help="bootstrap draws (default 1000)")
+    compare.add_argument("--n-bootstrap", type=_positive, default=N_BOOTSTRAP,
+                         help=f"bootstrap draws (default {N_BOOTSTRAP})")
     compare.add_argument("--output", help="also write the comparison to this JSON file")
     compare.set_defaults(handler=_cmd_compare)
 

@@ -13,7 +13,7 @@ import pytest
 
 from dualfuse.api.compare import compare
 from dualfuse.cli import main
-from dualfuse.evaluation.paired import format_difference
+from dualfuse.evaluation.paired import METHOD_NAMES, format_difference
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CASES = REPO_ROOT / "docs" / "results" / "cases" / "accuracy_cpu"
@@ -165,6 +165,11 @@ def test_cli_prints_the_table_writes_json_and_says_why_it_cannot(tmp_path: Path,
     written = json.loads(output.read_text())
     assert written["split"] == "out of fold" and written["a"]["name"] == "DCAT"
     assert written["tasks"]["label"]["metrics"]["auc"]["verdict"] == "win"
+    caption = " ".join(printed.split())  # rich wraps the caption
+    for metric in written["tasks"]["label"]["metrics"].values():  # the caption says how each CI was made
+        method = METHOD_NAMES[metric["difference"]["score_method"]]
+        assert re.search(rf"bootstrap \+ {method} for [a-z ,]*\b{metric['label']}\b", caption), (metric["label"], caption)
+    assert "bootstrap + DeLong for AUC" in caption and "paired over cases" in caption
     assert main(["compare", str(a), str(b), str(a)]) == 2  # an unquoted glob, expanded by the shell
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "quote a glob pattern" in error

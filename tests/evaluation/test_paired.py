@@ -251,3 +251,15 @@ def test_align_cases_puts_both_sets_in_one_case_order_or_says_why_not(paired):
         paired.align_cases(a, {**b, "case_id": ["z", "x", "w"]}, names=("finetune", "scratch"))
     with pytest.raises(ValueError, match="disagree on the labels"):
         paired.align_cases(a, {**b, "label": [1, 1, 1]})
+
+
+def test_interval_method_names_the_closed_form_joined_or_says_the_bootstrap_stood_alone(paired):
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 2, 200)
+    a, b = _two_classifiers(rng, labels, 0.85, 0.75)
+    auc = paired.paired_auc_difference([(a, b)], 200)
+    acc = paired.paired_accuracy_difference([(a, b)], 200)
+    assert paired.interval_method(auc) == f"bootstrap + {paired.METHOD_NAMES[paired.SCORE_METHOD]}"
+    assert paired.interval_method(acc) == f"bootstrap + {paired.METHOD_NAMES[paired.ACCURACY_METHOD]}"
+    alone = paired.paired_bootstrap([(a, b)], lambda c: paired.accuracy(c["probs"], c["label"]), 200)
+    assert paired.interval_method(alone) == "bootstrap alone"

@@ -415,6 +415,15 @@ def accuracy_difference_intervals(pairs: Sequence[tuple[dict, dict]], groups: Se
 
 SCORE_METHOD = "delong"  # joined with the bootstrap: measured in ci_coverage.py, MOVER over-covered at twice the width
 ACCURACY_METHOD = "mover"  # joined with the bootstrap for an accuracy difference: measured in ci_coverage.py
+# How a reader sees each closed-form interval named (the CLI's captions, docs/benchmarks.md).
+METHOD_NAMES = {"delong": "DeLong", "wald": "Wald", "newcombe": "Newcombe", "mover": "MOVER"}
+
+
+def interval_method(difference: dict) -> str:
+    """How a difference's CI was made, in words: 'bootstrap + DeLong', or 'bootstrap alone' where no closed
+    form could join it (e.g. a class absent from the cases)."""
+    method = difference.get("score_method")
+    return f"bootstrap + {METHOD_NAMES[method]}" if method else "bootstrap alone"
 
 
 def _joined(difference: dict, closed: dict | None, method: str) -> dict:
