@@ -301,11 +301,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                             + (f" resampled {entry['seeds_resampled']}" if seeds > 1 else ""))
         for column in ("metric", a, b, "A − B [95% CI]", "verdict"):
             table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+        methods = {}  # how each CI was made -> the metrics it was made for
         for metric in entry["metrics"].values():
             table.add_row(metric["label"], f"{metric['a']:.3f}", f"{metric['b']:.3f}",
                           format_difference(metric["difference"]), metric["verdict"])
-        methods = {}
-        for metric in entry["metrics"].values():
             methods.setdefault(interval_method(metric["difference"]), []).append(metric["label"])
         table.caption = (f"win / loss only where the 95% CI excludes 0; paired over {entry['resampled']}; CI: "
                          + "; ".join(f"{how} for {', '.join(labels)}" for how, labels in methods.items()))
