@@ -42,11 +42,11 @@ from referral import SOURCES, case_sets
 from dualfuse.evaluation.metrics import classification_metrics
 from dualfuse.evaluation.paired import (
     N_BOOTSTRAP,
+    MacroAuroc,
     accuracy,
     accuracy_difference_intervals,
     align_cases,
     auc_difference_intervals,
-    macro_auroc,
     paired_bootstrap,
     verdict,
 )
@@ -179,7 +179,7 @@ PAIRED_INTERVALS = ("bootstrap, seeds apart", "bootstrap", "delong", "wald", "ne
                     "bootstrap + wald", "bootstrap + newcombe", "bootstrap + mover")
 # Per difference: its statistic, its closed-form intervals (method: (low, high) or None) and their names.
 PAIRED_METRICS = {
-    "roc_auc": (lambda c: macro_auroc(c["probs"], c["label"]),
+    "roc_auc": (MacroAuroc(),
                 lambda cases, ids: auc_difference_intervals(cases, case_ids=ids), ("delong", "mover")),
     "accuracy": (lambda c: accuracy(c["probs"], c["label"]),
                  lambda cases, ids: accuracy_difference_intervals(cases, case_ids=ids),

@@ -26,12 +26,76 @@ def test_rank_aurocs_equal_sklearn(paired):
     assert paired.binary_auroc(probs[:, 1], labels == 1) == pytest.approx(roc_auc_score(labels == 1, probs[:, 1]))
 
 
+def test_rank_auroc_is_scipys_rank_sum_to_the_bit(paired):
+    """binary_auroc takes the positives' rank sum per run of tied scores; the docs' CIs were computed with
+    scipy's rankdata, so the two must agree exactly (halves add up exactly), not only approximately."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    for size, decimals in [(2, 1), (9, 1), (300, 2), (1000, 3), (50, 8)]:
+        scores, positive = np.round(rng.random(size), decimals), rng.random(size) < 0.3
+        positive[:2] = [True, False]
+        m, n = positive.sum(), (~positive).sum()
+        assert paired.binary_auroc(scores, positive) == float(
+            (rankdata(scores)[positive].sum() - m * (m + 1) / 2) / (m * n))
+    assert np.isnan(paired.binary_auroc(np.array([0.2, np.nan, 0.7]), np.array([True, False, True])))
+    assert np.isnan(paired.binary_auroc(np.array([0.2, 0.7]), np.array([True, True])))
+    assert paired.binary_auroc(np.full(4, 0.5), np.array([True, False, True, False])) == 0.5  # one run of ties
+
+
+def test_a_draws_auroc_from_counts_is_macro_auroc_of_the_drawn_cases(paired):
+    """paired_bootstrap scores each draw from the cases sorted once and how often the draw took each; that
+    must be macro_auroc of the drawn cases exactly, also where a draw misses a class (NaN, left out of
+    the macro mean) or holds a NaN score."""
+    rng = np.random.default_rng(8)
+    for classes, size in [(2, 40), (3, 200), (7, 120)]:
+        labels = np.r_[np.arange(classes), rng.integers(0, classes - 1, size - classes)]  # the last class once
+        probs = np.round(rng.dirichlet(np.ones(classes), size), 2)
+        on_draw = paired.MacroAuroc().prepare({"probs": probs, "label": labels})
+        for _ in range(50):
+            idx = rng.integers(0, size, size)
+            expected = paired.macro_auroc(probs[idx], labels[idx])
+            assert on_draw(idx) == expected or (np.isnan(expected) and np.isnan(on_draw(idx)))
+    probs[3, 0] = np.nan  # class 0's AUC is NaN on the draws that hold case 3, and left out of the mean
+    on_draw = paired.MacroAuroc().prepare({"probs": probs, "label": labels})
+    for idx in (np.arange(size), np.r_[0, 1, 2, 4:size]):
+        assert on_draw(idx) == paired.macro_auroc(probs[idx], labels[idx])
+    assert on_draw(np.arange(size)) != on_draw(np.r_[0, 1, 2, 4:size])
+
+
+def test_a_draws_accuracy_from_counts_is_the_accuracy_of_the_drawn_cases(paired):
+    rng = np.random.default_rng(9)
+    labels = np.r_[0, 1, 2, 3, rng.integers(0, 3, 146)]  # class 3 once: most draws miss it
+    probs = rng.dirichlet(np.ones(4), 150)
+    for balanced, plain in ((False, paired.accuracy), (True, paired.balanced_accuracy)):
+        on_draw = paired.Accuracy(balanced).prepare({"probs": probs, "label": labels})
+        assert paired.Accuracy(balanced)({"probs": probs, "label": labels}) == plain(probs, labels)
+        for _ in range(50):
+            idx = rng.integers(0, 150, 150)
+            assert on_draw(idx) == plain(probs[idx], labels[idx])
+
+
 def test_group_resampling_keeps_a_patients_cases_together(paired):
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(10), 3)
     idx = paired._resample(rng, groups, len(groups))
     chosen = groups[idx]
     assert all((chosen == g).sum() % 3 == 0 for g in np.unique(chosen))
+
+
+def test_a_patient_draw_is_each_drawn_patients_cases_in_order(paired):
+    """The resampler indexes the patients once; each draw must still be the drawn patients' cases, in
+    draw order and each patient's cases ascending, from the same random numbers as drawing by hand."""
+    groups = np.array(["p3", "p1", "p3", "p2", "p1", "p3", "p9"])
+    resample = paired._Resampler(groups, len(groups))
+    rng, by_hand = np.random.default_rng(11), np.random.default_rng(11)
+    patients = np.unique(groups)
+    for _ in range(20):
+        drawn = by_hand.integers(0, len(patients), len(patients))
+        expected = np.concatenate([np.flatnonzero(groups == patients[g]) for g in drawn])
+        assert resample(rng).tolist() == expected.tolist()
+    plain_rng, plain_by_hand = np.random.default_rng(12), np.random.default_rng(12)
+    assert paired._Resampler(None, 5)(plain_rng).tolist() == plain_by_hand.integers(0, 5, 5).tolist()
 
 
 def test_case_predictions_keep_patient_ids_only_where_a_patient_has_several_cases(paired, tmp_path: Path):
@@ -45,6 +109,30 @@ def test_case_predictions_keep_patient_ids_only_where_a_patient_has_several_case
     assert paired.case_predictions(csv, "label", classes=["a", "b"])["patient_id"] == ["1", "1"]
     assert paired.patient_groups(["p1", "p2"]) is None and paired.patient_groups(["p1", ""]) is None
     assert paired.patient_groups(["p1", "p1", "p2"]) == ["p1", "p1", "p2"]
+
+
+def test_a_zip_runs_probabilities_are_numbers_not_text(paired, tmp_path: Path):
+    """A zip run's predictions.csv leaves one task's cells empty on the other task's rows, so pandas reads
+    those columns as text; ranked as text, "9.5e-05" outranks "0.9" and the paired AUC and accuracy of
+    every zip row came out wrong. The probabilities must come back as numbers, from the file and from a
+    results file that stored them as text."""
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("case_id,split,mri_true,mri_prob_a,mri_prob_b,ct_true,ct_prob_x,ct_prob_y\n"
+                   "1,test,a,0.99995,5e-05,,,\n2,test,b,0.3,0.7,,,\n3,test,a,0.8,0.2,,,\n"
+                   "4,test,,,,x,0.6,0.4\n")
+    cases = paired.case_predictions(csv, "mri")
+    assert cases["probs"] == [[0.99995, 5e-05], [0.3, 0.7], [0.8, 0.2]] and cases["label"] == [0, 1, 0]
+    assert paired.macro_auroc(cases["probs"], cases["label"]) == 1.0  # as text, "5e-05" > "0.7": 0.5
+    stored = {"case_id": ["1", "2", "3"], "label": [0, 1, 0], "probs": [["0.99995", "5e-05"], ["0.3", "0.7"],
+                                                                        ["0.8", "0.2"]]}
+    side, _ = paired.align_cases(stored, stored)
+    assert side["probs"].dtype == float and paired.accuracy(side["probs"], side["label"]) == 1.0  # text: 2 / 3
+    assert paired.macro_auroc(stored["probs"], stored["label"]) == 1.0
+    assert paired.paired_auc_difference([(stored, cases)], 50)["delta"] == 0.0
+    assert paired.paired_accuracy_difference([(stored, cases)], 50)["delta"] == 0.0
+    csv.write_text(csv.read_text().replace("0.3,0.7", "0.3,n/a"))
+    with pytest.raises(ValueError, match=r"predictions.csv: task 'mri' has a probability that is not a number"):
+        paired.case_predictions(csv, "mri")
 
 
 def _per_case(rng, labels, skill):

@@ -77,8 +77,13 @@ def case_predictions(predictions, task: str, classes: Sequence[str] | None = Non
     unknown = sorted(set(frame[f"{task}_true"]) - set(classes))
     if unknown:
         raise ValueError(f"{source}: task '{task}' has true classes without probability columns: {unknown}")
+    columns = [prefix + c for c in classes]
+    try:  # a zip run's file leaves the other task's cells empty, so pandas keeps these columns as text
+        probs = frame[columns].apply(pd.to_numeric)
+    except ValueError as error:
+        raise ValueError(f"{source}: task '{task}' has a probability that is not a number ({error})") from None
     cases = {"case_id": frame["case_id"].tolist(), "label": [classes.index(c) for c in frame[f"{task}_true"]],
-             "probs": frame[[prefix + c for c in classes]].round(6).to_numpy().tolist()}
+             "probs": probs.round(6).to_numpy().tolist()}
     groups = patient_groups(frame["patient_id"].tolist()) if "patient_id" in frame else None
     return cases | ({"patient_id": groups} if groups else {})
 
@@ -97,50 +102,159 @@ def align_cases(a: dict, b: dict, order: Sequence[str] | None = None,
             raise ValueError(f"{who} were scored on different test cases")
         where = {case: i for i, case in enumerate(ids)}
         index = np.array([where[case] for case in order], dtype=int)
-        sides.append({key: np.asarray(values)[index] for key, values in cases.items()
-                      if key in ("case_id", "label", "probs", "patient_id")})
+        sides.append({key: np.asarray(values, dtype=float if key == "probs" else None)[index]
+                      for key, values in cases.items() if key in ("case_id", "label", "probs", "patient_id")})
     if not np.array_equal(sides[0]["label"], sides[1]["label"]):
         raise ValueError(f"{who} disagree on the labels of the test cases")
     return sides[0], sides[1]
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AUROC from ranks (Mann-Whitney, ties averaged): sklearn's roc_auc_score value, fast enough
-    for thousands of bootstrap draws; NaN when one class is missing."""
-    positive = np.asarray(positive, dtype=bool)
+    """AUROC from ranks (Mann-Whitney, ties averaged): sklearn's roc_auc_score value; NaN when one class
+    is missing or a score is NaN.
+
+    It runs once per class, side, seed and bootstrap draw (millions of times for docs/benchmarks.md), so
+    the positives' rank sum is taken per run of tied scores from one sort instead of scipy's rankdata
+    (about 10x its per-call cost on 1000 cases). Average ranks are halves, so the sum is exact and
+    equals rankdata's to the bit."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
+    if not n_pos or not n_neg or np.isnan(scores).any():
         return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    edges = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])  # starts of tie runs, then N
+    starts, ends = edges[:-1], edges[1:]
+    positives_in_run = np.add.reduceat(positive[order].astype(float), starts)
+    rank_sum = float(np.dot((starts + 1 + ends) / 2, positives_in_run))  # a run's ranks average (start+1+end)/2
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def macro_auroc(probs: np.ndarray, labels: np.ndarray) -> float:
     """Binary: AUROC of the positive class; several classes: the mean one-vs-rest AUROC (macro)."""
-    probs, labels = np.asarray(probs), np.asarray(labels)
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels)
     if probs.shape[1] == 2:
         return binary_auroc(probs[:, 1], labels == 1)
     return float(np.nanmean([binary_auroc(probs[:, c], labels == c) for c in range(probs.shape[1])]))
 
 
+class _SortedColumn:
+    """One score column sorted once, its runs of tied scores and its positives, so each bootstrap draw's
+    AUROC is a weighted Mann-Whitney count over the runs (how often the draw took each case) instead of a
+    sort of the drawn cases. Drawn copies of a case are ties of each other, as they are for rankdata on
+    the drawn cases; every count is a whole number or a half, so the value is binary_auroc's to the bit."""
+
+    def __init__(self, scores: np.ndarray, positive: np.ndarray):
+        self.order = np.argsort(scores, kind="stable")
+        ordered = scores[self.order]
+        self.starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        self.positive = positive[self.order].astype(float)
+
+    def auroc(self, counts: np.ndarray) -> float:
+        weights = counts[self.order]
+        positives = np.add.reduceat(weights * self.positive, self.starts)
+        negatives = np.add.reduceat(weights, self.starts) - positives
+        n_pos, n_neg = positives.sum(), negatives.sum()
+        if not n_pos or not n_neg:
+            return float("nan")
+        below = np.cumsum(negatives) - negatives  # negatives scored strictly lower; a run's own count half
+        return float(np.dot(positives, below + negatives / 2) / (n_pos * n_neg))
+
+
+class MacroAuroc:
+    """macro_auroc as a bootstrap statistic: called on cases it is macro_auroc; `prepare(cases)` sorts
+    their score columns once and returns the statistic of a draw of their positions (paired_bootstrap
+    uses it), the same numbers as macro_auroc on the drawn cases at a fraction of the cost."""
+
+    def __call__(self, cases: dict) -> float:
+        return macro_auroc(cases["probs"], cases["label"])
+
+    def prepare(self, cases: dict) -> Callable[[np.ndarray], float]:
+        probs, labels = np.asarray(cases["probs"], dtype=float), np.asarray(cases["label"])
+        if np.isnan(probs).any():  # NaN only where a draw holds one: score each draw's cases as they are
+            return lambda idx: self({"probs": probs[idx], "label": labels[idx]})
+        columns = [_SortedColumn(probs[:, c], labels == c) for c in ((1,) if probs.shape[1] == 2 else range(probs.shape[1]))]
+
+        def statistic(idx: np.ndarray) -> float:
+            counts = np.bincount(idx, minlength=len(labels)).astype(float)
+            values = [column.auroc(counts) for column in columns]
+            return values[0] if len(values) == 1 else float(np.nanmean(values))
+
+        return statistic
+
+
+def _draw_statistic(statistic: Callable[[dict], float], cases: dict) -> Callable[[np.ndarray], float]:
+    """The statistic of a draw of `cases`' positions: the statistic's own `prepare` where it has one."""
+    prepare = getattr(statistic, "prepare", None)
+    if prepare is not None:
+        return prepare(cases)
+    return lambda idx: statistic({k: v[idx] for k, v in cases.items()})
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Share of cases whose most probable class is the true one (the argmax, 0.5 for two classes)."""
-    return float(np.mean(np.argmax(np.asarray(probs), axis=1) == np.asarray(labels)))
+    return float(np.mean(np.argmax(np.asarray(probs, dtype=float), axis=1) == np.asarray(labels)))
 
 
 def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean recall over the classes present (sklearn's balanced_accuracy_score): on a set where one class
     is 72% of the cases, accuracy rewards always saying that class; this does not."""
-    predicted, labels = np.argmax(np.asarray(probs), axis=1), np.asarray(labels)
+    predicted, labels = np.argmax(np.asarray(probs, dtype=float), axis=1), np.asarray(labels)
     return float(np.mean([np.mean(predicted[labels == c] == c) for c in np.unique(labels)]))
 
 
+class Accuracy:
+    """accuracy (or, `balanced`, balanced_accuracy) as a bootstrap statistic, like MacroAuroc: `prepare`
+    finds once which cases the argmax gets right, and a draw's value is counted from how often it took
+    each case (whole numbers, so the same as the statistic on the drawn cases to the bit)."""
+
+    def __init__(self, balanced: bool = False):
+        self.balanced = balanced
+
+    def __call__(self, cases: dict) -> float:
+        return (balanced_accuracy if self.balanced else accuracy)(cases["probs"], cases["label"])
+
+    def prepare(self, cases: dict) -> Callable[[np.ndarray], float]:
+        labels = np.asarray(cases["label"])
+        right = (np.argmax(np.asarray(cases["probs"], dtype=float), axis=1) == labels).astype(float)
+        classes, index = np.unique(labels, return_inverse=True)
+        index = index.reshape(-1)
+
+        def statistic(idx: np.ndarray) -> float:
+            counts = np.bincount(idx, minlength=len(labels)).astype(float)
+            if not self.balanced:
+                return float(np.dot(counts, right) / len(idx))
+            drawn = np.bincount(index, counts, len(classes))
+            recalls = np.bincount(index, counts * right, len(classes))[drawn > 0] / drawn[drawn > 0]
+            return float(np.mean(recalls))
+
+        return statistic
+
+
+class _Resampler:
+    """Draws one bootstrap sample of case positions: cases with replacement, or with `groups` whole
+    patients with replacement, each drawn patient's cases in their order. The patients are indexed once
+    here, not on every draw (thousands of draws over thousands of patients for the out-of-fold pools)."""
+
+    def __init__(self, groups: np.ndarray | None, n: int):
+        self.n, self.groups = n, groups is not None
+        if self.groups:
+            _, inverse, self.counts = np.unique(groups, return_inverse=True, return_counts=True)
+            self.members = np.argsort(inverse.reshape(-1), kind="stable")  # each patient's cases, ascending
+            self.first = np.cumsum(self.counts) - self.counts  # where each patient's cases start in members
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        if not self.groups:
+            return rng.integers(0, self.n, self.n)
+        drawn = rng.integers(0, len(self.counts), len(self.counts))
+        lengths = self.counts[drawn]
+        ends = np.cumsum(lengths)
+        # position k of the sample is case k - (start of its draw in the sample) + (start of its patient)
+        return self.members[np.arange(ends[-1]) + np.repeat(self.first[drawn] - (ends - lengths), lengths)]
+
+
 def _resample(rng: np.random.Generator, groups: np.ndarray | None, n: int) -> np.ndarray:
-    if groups is None:
-        return rng.integers(0, n, n)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    return np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+    return _Resampler(groups, n)(rng)
 
 
 def shared_order(case_ids: Sequence[Sequence[str]] | None, labels: Sequence | None = None) -> list[np.ndarray] | None:
@@ -164,7 +278,11 @@ def shared_order(case_ids: Sequence[Sequence[str]] | None, labels: Sequence | No
 
 
 def _as_arrays(pairs: Sequence[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
-    return [({k: np.asarray(v) for k, v in a.items()}, {k: np.asarray(v) for k, v in b.items()}) for a, b in pairs]
+    """Per-case lists as arrays, probabilities as numbers (a results file may hold them as text)."""
+    def arrays(cases: dict) -> dict:
+        return {k: np.asarray(v, dtype=float) if k == "probs" else np.asarray(v) for k, v in cases.items()}
+
+    return [(arrays(a), arrays(b)) for a, b in pairs]
 
 
 def paired_bootstrap(pairs: Sequence[tuple[dict, dict]], statistic: Callable[[dict], float],
@@ -175,23 +293,27 @@ def paired_bootstrap(pairs: Sequence[tuple[dict, dict]], statistic: Callable[[di
     `pairs` holds one `(a, b)` per seed: dicts of per-case arrays aligned case by case (same length);
     `groups` (one array per seed, or None) names each case's patient, so resampling keeps a
     patient's cases together; `case_ids` (one sequence per seed, in the order of its arrays) lets
-    seeds scored on the same cases share each draw (`shared_order`)."""
+    seeds scored on the same cases share each draw (`shared_order`). A statistic with a `prepare(cases)`
+    method (MacroAuroc) is asked once per side for a function of each draw's case positions."""
     rng = np.random.default_rng(seed)
     pairs = _as_arrays(pairs)
     groups = list(groups) if groups is not None else [None] * len(pairs)
     orders = shared_order(case_ids, [a["label"] for a, _ in pairs] if all("label" in a for a, _ in pairs) else None)
     point = float(np.mean([statistic(a) - statistic(b) for a, b in pairs]))
+    if orders is not None:
+        shared = _Resampler(None if groups[0] is None else np.asarray(groups[0])[orders[0]], len(orders[0]))
+    else:
+        each = [_Resampler(None if group is None else np.asarray(group), len(next(iter(a.values()))))
+                for (a, _), group in zip(pairs, groups)]
+    on_draw = [(_draw_statistic(statistic, a), _draw_statistic(statistic, b)) for a, b in pairs]
     draws = []
     for _ in range(n_bootstrap):
         deltas = []
         if orders is not None:
-            first = _resample(rng, None if groups[0] is None else np.asarray(groups[0])[orders[0]], len(orders[0]))
-        for index, ((a, b), group) in enumerate(zip(pairs, groups)):
-            if orders is not None:
-                idx = orders[index][first]
-            else:
-                idx = _resample(rng, None if group is None else np.asarray(group), len(next(iter(a.values()))))
-            deltas.append(statistic({k: v[idx] for k, v in a.items()}) - statistic({k: v[idx] for k, v in b.items()}))
+            first = shared(rng)
+        for index, (on_a, on_b) in enumerate(on_draw):
+            idx = orders[index][first] if orders is not None else each[index](rng)
+            deltas.append(on_a(idx) - on_b(idx))
         draws.append(np.nanmean(deltas))
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return {"delta": point, "ci_low": float(low), "ci_high": float(high), "seeds": len(pairs),
@@ -362,7 +484,7 @@ def accuracy_influence(probs: np.ndarray, labels: np.ndarray, balanced: bool = F
     """Each case's share of accuracy's deviation from its mean: whether it is right, over the cases
     (balanced accuracy: over its class's count and the classes present, as each class's recall weighs)."""
     labels = np.asarray(labels)
-    correct = (np.argmax(np.asarray(probs), axis=1) == labels).astype(float)
+    correct = (np.argmax(np.asarray(probs, dtype=float), axis=1) == labels).astype(float)
     if not balanced:
         return (correct - correct.mean()) / len(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -441,8 +563,7 @@ def paired_auc_difference(pairs: Sequence[tuple[dict, dict]], n_bootstrap: int =
     """Mean over seeds of macro AUC(a) - AUC(b): the paired bootstrap's CI joined with a closed-form
     interval (`method`, from auc_difference_intervals; the wider on each side), both kept
     (`bootstrap_ci`, `score_ci`)."""
-    difference = paired_bootstrap(pairs, lambda c: macro_auroc(c["probs"], c["label"]), n_bootstrap, seed,
-                                  groups, case_ids)
+    difference = paired_bootstrap(pairs, MacroAuroc(), n_bootstrap, seed, groups, case_ids)
     return _joined(difference, auc_difference_intervals(pairs, groups, case_ids, methods=(method,)), method)
 
 
@@ -451,9 +572,7 @@ def paired_accuracy_difference(pairs: Sequence[tuple[dict, dict]], n_bootstrap: 
                                balanced: bool = False, method: str = ACCURACY_METHOD) -> dict:
     """Mean over seeds of accuracy(a) - accuracy(b) (`balanced`: balanced accuracy): the paired bootstrap's
     CI joined with a closed-form interval (`method`, from accuracy_difference_intervals)."""
-    statistic = balanced_accuracy if balanced else accuracy
-    difference = paired_bootstrap(pairs, lambda c: statistic(c["probs"], c["label"]), n_bootstrap, seed, groups,
-                                  case_ids)
+    difference = paired_bootstrap(pairs, Accuracy(balanced), n_bootstrap, seed, groups, case_ids)
     closed = accuracy_difference_intervals(pairs, groups, case_ids, methods=(method,), balanced=balanced)
     return _joined(difference, closed, method)
 
