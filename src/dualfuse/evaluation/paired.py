@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
-from dualfuse.evaluation.metrics import score_interval
+from dualfuse.evaluation.metrics import _Sorted, score_interval
 
 N_BOOTSTRAP = 1000
 
@@ -110,24 +110,28 @@ def align_cases(a: dict, b: dict, order: Sequence[str] | None = None,
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AUROC from ranks (Mann-Whitney, ties averaged): sklearn's roc_auc_score value; NaN when one class
-    is missing or a score is NaN.
-
-    It runs once per class, side, seed and bootstrap draw (millions of times for docs/benchmarks.md), so
-    the positives' rank sum is taken per run of tied scores from one sort instead of scipy's rankdata
-    (about 10x its per-call cost on 1000 cases). Average ranks are halves, so the sum is exact and
-    equals rankdata's to the bit."""
+    """AUROC (Mann-Whitney, ties counted half): sklearn's roc_auc_score value; NaN when one class is
+    missing or a score is NaN. One sort per call, not scipy's rankdata: it runs once per class, side and
+    seed of every paired comparison, and per bootstrap draw where a caller's statistic draws cases."""
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg or np.isnan(scores).any():
+    if np.isnan(scores).any():
         return float("nan")
-    order = np.argsort(scores, kind="stable")
-    ordered = scores[order]
-    edges = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])  # starts of tie runs, then N
-    starts, ends = edges[:-1], edges[1:]
-    positives_in_run = np.add.reduceat(positive[order].astype(float), starts)
-    rank_sum = float(np.dot((starts + 1 + ends) / 2, positives_in_run))  # a run's ranks average (start+1+end)/2
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return _weighted_auroc(_Sorted(scores, positive), np.ones(len(scores)))
+
+
+def _weighted_auroc(column: _Sorted, weights: np.ndarray) -> float:
+    """AUROC of a sorted score column with each case counted `weights` times, from its runs of tied
+    scores (metrics' weighted Mann-Whitney, AUC alone); NaN where a class is absent. With whole-number
+    weights every sum is a whole number or a half, so the value is exact: the same to the bit as ranking
+    the cases with rankdata, drawn copies of a case being ties of each other."""
+    weights = weights[column.order]
+    positives = np.add.reduceat(weights * column.positive, column.starts)
+    negatives = np.add.reduceat(weights, column.starts) - positives
+    n_pos, n_neg = positives.sum(), negatives.sum()
+    if not n_pos or not n_neg:
+        return float("nan")
+    below = np.cumsum(negatives) - negatives  # negatives scored strictly lower; a run's own count half
+    return float(np.dot(positives, below + negatives / 2) / (n_pos * n_neg))
 
 
 def macro_auroc(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -136,29 +140,6 @@ def macro_auroc(probs: np.ndarray, labels: np.ndarray) -> float:
     if probs.shape[1] == 2:
         return binary_auroc(probs[:, 1], labels == 1)
     return float(np.nanmean([binary_auroc(probs[:, c], labels == c) for c in range(probs.shape[1])]))
-
-
-class _SortedColumn:
-    """One score column sorted once, its runs of tied scores and its positives, so each bootstrap draw's
-    AUROC is a weighted Mann-Whitney count over the runs (how often the draw took each case) instead of a
-    sort of the drawn cases. Drawn copies of a case are ties of each other, as they are for rankdata on
-    the drawn cases; every count is a whole number or a half, so the value is binary_auroc's to the bit."""
-
-    def __init__(self, scores: np.ndarray, positive: np.ndarray):
-        self.order = np.argsort(scores, kind="stable")
-        ordered = scores[self.order]
-        self.starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        self.positive = positive[self.order].astype(float)
-
-    def auroc(self, counts: np.ndarray) -> float:
-        weights = counts[self.order]
-        positives = np.add.reduceat(weights * self.positive, self.starts)
-        negatives = np.add.reduceat(weights, self.starts) - positives
-        n_pos, n_neg = positives.sum(), negatives.sum()
-        if not n_pos or not n_neg:
-            return float("nan")
-        below = np.cumsum(negatives) - negatives  # negatives scored strictly lower; a run's own count half
-        return float(np.dot(positives, below + negatives / 2) / (n_pos * n_neg))
 
 
 class MacroAuroc:
@@ -173,11 +154,11 @@ class MacroAuroc:
         probs, labels = np.asarray(cases["probs"], dtype=float), np.asarray(cases["label"])
         if np.isnan(probs).any():  # NaN only where a draw holds one: score each draw's cases as they are
             return lambda idx: self({"probs": probs[idx], "label": labels[idx]})
-        columns = [_SortedColumn(probs[:, c], labels == c) for c in ((1,) if probs.shape[1] == 2 else range(probs.shape[1]))]
+        columns = [_Sorted(probs[:, c], labels == c) for c in ((1,) if probs.shape[1] == 2 else range(probs.shape[1]))]
 
         def statistic(idx: np.ndarray) -> float:
             counts = np.bincount(idx, minlength=len(labels)).astype(float)
-            values = [column.auroc(counts) for column in columns]
+            values = [_weighted_auroc(column, counts) for column in columns]
             return values[0] if len(values) == 1 else float(np.nanmean(values))
 
         return statistic
