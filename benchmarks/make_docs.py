@@ -67,7 +67,9 @@ joined it carry the percentile bootstrap alone, too narrow on small test sets; s
 hold the true value" at the end). Rows measured before this protocol (one seed, fixed epochs) are marked "fixed". ECE is
 15-bin expected calibration error of the eval-mode softmax before → after temperature scaling
 (temperature fitted on the run's calibration split, carved from training by patient; on validation
-for the "fixed" rows); AURC is the area under the risk–coverage curve of the MC-dropout
+for the "fixed" rows; every row here was measured before dualfuse's prior on log T, by the NLL alone,
+which on calibration splits of a hundred cases or more gives nearly the same temperature: see
+"Temperature on a small calibration split"); AURC is the area under the risk–coverage curve of the MC-dropout
 mean (T samples, temperature-scaled; lower is better). Training time is wall-clock seconds of
 `trainer.fit`. Which model is better is read only from the paired section further down, never from
 two rows of a table.
@@ -745,6 +747,57 @@ def uncertainty_section(runs: list[dict]) -> list[str]:
     return lines
 
 
+def load_temperature(results: Path) -> list[dict]:
+    return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("temperature_*.json"))]
+
+
+TEMPERATURE_SCORES = {"nll": "NLL", "ece": "ECE", "wrong_confidence": "confidence when wrong",
+                      "wrong_certain": "wrong at ≥ 0.99"}
+
+
+def temperature_section(runs: list[dict]) -> list[str]:
+    """Held-out calibration of a temperature fitted on n calibration cases: plain temperature scaling
+    (before), dualfuse's prior on log T, and no scaling, on random splits of stored predictions."""
+    lines = ["## Temperature on a small calibration split", "",
+             "`benchmarks/temperature.py`: the per-case predictions stored above (test splits and out-of-fold cases; "
+             "every model, seed and dataset; the log of the stored probabilities as logits) are split at random many "
+             "times into a calibration part of n cases (stratified by class) and a held-out rest of at least 3n. Each "
+             "rule fits the temperature on the calibration part and the held-out cases score it. *NLL alone*: plain "
+             "temperature scaling (Guo et al. 2017; dualfuse's rule before), which has no optimum when every "
+             "calibration case is right and then sharpens towards T = 0.01. *Prior*: dualfuse's rule, the posterior "
+             "mode under a N(0, 1) prior on log T (its sd was set before this measurement, not tuned on it). *No "
+             "scaling*: T = 1. Scores are means over case sets (lower is better): held-out NLL, ECE (15 bins), the "
+             "mean confidence of the wrong predictions and the share of them at 0.99 or above.", "",
+             "| calibration cases | rule | case sets (draws) | every calibration case right | T ≤ 0.1 | "
+             "T: 5th / median / 95th pct | NLL | ECE | confidence when wrong | wrong at ≥ 0.99 |",
+             "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for run in runs:
+        for row in run.get("rows", []):
+            lines.append(f"| {row['n_cal']} | {row['rule']} | {row['case_sets']} ({row['draws']}) | "
+                         f"{row['all_right_rate']:.1%} | {row['near_bound_rate']:.1%} | "
+                         f"{row['temperature_p05']:.2f} / {row['temperature_median']:.2f} / "
+                         f"{row['temperature_p95']:.2f} | {row['mean_nll']:.3f} | {row['mean_ece']:.3f} | "
+                         f"{row['mean_wrong_confidence']:.3f} | {row['mean_wrong_certain']:.1%} |")
+        if run.get("paired"):
+            lines += ["", "Paired, on the same calibration draws: the prior minus each other rule, mean over case sets "
+                      "of each set's mean difference, 95% bootstrap CI over case sets; *better* or *worse* only where "
+                      "the CI excludes 0.", "",
+                      "| calibration cases | versus | " + " | ".join(TEMPERATURE_SCORES.values()) + " |",
+                      "|--:|---|" + "--:|" * len(TEMPERATURE_SCORES)]
+            by_key = {(p["n_cal"], p["versus"], p["score"]): p for p in run["paired"]}
+            for n_cal, versus in dict.fromkeys((p["n_cal"], p["versus"]) for p in run["paired"]):
+                cells = []
+                for score in TEMPERATURE_SCORES:
+                    pair = by_key.get((n_cal, versus, score))
+                    cells.append("–" if pair is None else
+                                 f"{pair['difference']:+.4f} [{pair['ci_low']:+.4f}, {pair['ci_high']:+.4f}] "
+                                 f"{pair['verdict']}")
+                lines.append(f"| {n_cal} | {versus} | " + " | ".join(cells) + " |")
+        lines += ["", f"Reproduce ({run['file']}): `{run.get('command', 'python benchmarks/temperature.py')}` — "
+                  f"{run.get('device_name', '?')}; no training, {run.get('seconds', '?')} s.", ""]
+    return lines
+
+
 def load_referral(results: Path) -> list[dict]:
     return [read_json(path, {}) | {"file": path.name} for path in sorted(results.glob("referral_*.json"))]
 
@@ -1176,7 +1229,8 @@ def cv_paired(groups: dict[tuple, list[dict]], n_bootstrap: int = 1000) -> list[
 def render(records: list[dict], speeds: list[dict], serving: list[dict] | None = None,
            uncertainty: list[dict] | None = None, pairs: dict[str, dict[str, str]] | None = None,
            pretrain: list[dict] | None = None, cv: list[dict] | None = None,
-           referral: list[dict] | None = None, ci_coverage: list[dict] | None = None) -> str:
+           referral: list[dict] | None = None, ci_coverage: list[dict] | None = None,
+           temperature: list[dict] | None = None) -> str:
     grouped = group_rows(records)
     lines = [HEADER.format(anchor_source=ANCHOR_SOURCE), "## Accuracy", ""]
     commands: list[str] = []
@@ -1198,6 +1252,8 @@ def render(records: list[dict], speeds: list[dict], serving: list[dict] | None =
         lines += serving_section(serving)
     if uncertainty:
         lines += uncertainty_section(uncertainty)
+    if temperature:
+        lines += temperature_section(temperature)
     if referral:
         lines += referral_section(referral)
     if ci_coverage:
@@ -1220,7 +1276,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(records, speeds, serving, uncertainty, pretrain=load_pretrain(args.results),
                                 cv=load_cv(args.results), referral=load_referral(args.results),
-                                ci_coverage=load_ci_coverage(args.results)))
+                                ci_coverage=load_ci_coverage(args.results),
+                                temperature=load_temperature(args.results)))
     print(f"wrote {args.out} ({len(records)} accuracy records, {len(speeds)} speed files, {len(serving)} serving files)")
     return 0
 

@@ -190,6 +190,29 @@ def _coverage_rows(by_coverage: dict) -> list[dict]:
     return rows
 
 
+def mean_ci(differences: np.ndarray, rng: np.random.Generator, n_bootstrap: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the mean of per-case-set differences, resampling case sets."""
+    means = differences[rng.integers(0, len(differences), (n_bootstrap, len(differences)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def stored_sets_cli(argv, doc: str, script: str, draws: int) -> tuple[argparse.Namespace, list[dict]]:
+    """The command line of a benchmark over stored predictions (--results, --draws, --seed, --out) and the
+    case sets it reads; no sets: one line on stderr saying where none were found."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "docs" / "results",
+                        help="where the accuracy and cv results files with per-case predictions are")
+    parser.add_argument("--draws", type=int, default=draws, help="random calibration splits per case set and size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "results" / f"{script}_cpu.json")
+    args = parser.parse_args(argv)
+    sets = case_sets(args.results)
+    if not sets:
+        print(f"{script}.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
+    return args, sets
+
+
 def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certified",
                      versus: tuple[str, ...] = ("binary search", "fixed sequence"),
                      n_bootstrap: int = 2000) -> list[dict]:
@@ -203,11 +226,10 @@ def _paired_coverage(tally: dict, rng: np.random.Generator, rule: str = "certifi
         for other in versus:
             theirs = tally[(n_cal, target, other)]["sets"]
             differences = np.array([np.mean(np.subtract(mine, theirs[key])) for key, mine in entry["sets"].items()])
-            means = differences[rng.integers(0, len(differences), (n_bootstrap, len(differences)))].mean(axis=1)
-            low, high = np.percentile(means, [2.5, 97.5])
+            low, high = mean_ci(differences, rng, n_bootstrap)
             paired.append({"n_cal": n_cal, "target": target, "rule": rule, "versus": other,
-                           "coverage_difference": float(differences.mean()), "ci_low": float(low),
-                           "ci_high": float(high), "case_sets": len(differences)})
+                           "coverage_difference": float(differences.mean()), "ci_low": low,
+                           "ci_high": high, "case_sets": len(differences)})
     return paired
 
 
@@ -218,16 +240,8 @@ def _accuracy_text(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "docs" / "results",
-                        help="where the accuracy and cv results files with per-case predictions are")
-    parser.add_argument("--draws", type=int, default=50, help="random calibration splits per case set and size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "results" / "referral_cpu.json")
-    args = parser.parse_args(argv)
-    sets = case_sets(args.results)
+    args, sets = stored_sets_cli(argv, __doc__, "referral", draws=50)
     if not sets:
-        print(f"referral.py: no per-case predictions in {', '.join(SOURCES)} under {args.results}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     rows, paired, coverage_rows, coverage_paired = measure(sets, draws=args.draws, seed=args.seed)

@@ -214,7 +214,10 @@ def test_evaluate_calibrates_every_predictor_on_the_calibration_split(calibrated
     assert stored["default"] == "1x3x2" and set(stored["predictors"]) == {"1x0", "1x3", "1x0x2", "1x3x2"}
     temperatures = {k: v["label"]["temperature"] for k, v in stored["predictors"].items()}
     assert len(set(temperatures.values())) == 4, temperatures  # each predictor fitted on its own samples
+    # how each temperature was fitted travels with it: the prior on log T (None would mean the NLL alone)
+    assert {v["label"]["temperature_prior_sd"] for v in stored["predictors"].values()} == {1.0}
     report = summary["uncertainty"]["label"]
+    assert report["temperature_prior_sd"] == 1.0
     assert set(report["predictors"]) == set(stored["predictors"]) and "test" in report["predictors"]["1x3x2"]
 
 

@@ -98,3 +98,27 @@ def test_every_committed_results_file_reads_back_with_its_cases():
         assert common.read_json(path, None)["records"] is not None
     on_disk = {f.relative_to(results).as_posix() for f in results.glob("cases/*/*.json.gz")}
     assert referenced and on_disk == referenced  # nothing missing, nothing orphaned
+
+
+def _per_case_probs(node, trail=()):
+    """Every stored `per_case` probability table in a record, with where it sits."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "per_case" and isinstance(value, dict) and "probs" in value:
+                yield "/".join(trail), value["probs"]
+            else:
+                yield from _per_case_probs(value, (*trail, key))
+
+
+def test_every_committed_per_case_probability_is_a_number():
+    """Probabilities stored as text order as text ("9.5e-05" after "0.9"): a reader that forgets to
+    convert them gets wrong AUCs without an error, as the zip rows' paired CIs once did."""
+    common = _load("_common")
+    checked = 0
+    for path in sorted((REPO / "docs" / "results").glob("*.json")):
+        for record in (common.read_json(path, {}) or {}).get("records", []) if path.is_file() else []:
+            for where, probs in _per_case_probs(record):
+                bad = [p for row in probs for p in row if isinstance(p, bool) or not isinstance(p, (int, float))]
+                assert not bad, f"{path.name}: {record.get('row')} seed {record.get('seed')} {where}: {bad[0]!r}"
+                checked += 1
+    assert checked > 100

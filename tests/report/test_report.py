@@ -131,6 +131,7 @@ def test_model_card_beside_each_checkpoint_validates(report):
     assert test_auc["ci_low"] <= test_auc["value"] <= test_auc["ci_high"]
     assert card["uncertainty"]["mc_samples"] == 8
     assert card["calibration"]["label"]["temperature"] > 0
+    assert card["calibration"]["label"]["log_temperature_prior_sd"] == 1.0  # how T was fitted, on the card
     stored = json.loads((run / "model" / "uncertainty.json").read_text())
     referral = stored["predictors"][stored["default"]]["label"]["referral"]
     assert card["referral"]["label"]["target_coverage"] == 0.9

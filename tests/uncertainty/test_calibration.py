@@ -18,6 +18,7 @@ from dualfuse.uncertainty import (
     mc_probs_with_temperature,
     negative_log_likelihood,
 )
+from dualfuse.uncertainty.calibration import T_BOUNDS
 
 
 def _binary(confidences, correct):
@@ -104,6 +105,40 @@ def test_temperature_scaling_recovers_true_temperature():
     after = negative_log_likelihood(apply_temperature(overconfident, t), y)
     assert after < before - 0.1
     assert fit_temperature(torch.tensor(overconfident), torch.tensor(y)) == t  # deterministic
+
+
+def _sampled(n: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from softmax(logits): T = 1 is the true temperature."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=(n, c))
+    return logits, (rng.uniform(size=(n, 1)) > np.cumsum(apply_temperature(logits, 1.0), axis=1)).sum(axis=1)
+
+
+def test_a_calibration_split_with_every_case_right_keeps_a_finite_temperature():
+    """20 calibration cases, all right (common on a small, easy set): the NLL alone keeps falling as
+    T -> 0, so plain temperature scaling runs to its bound and calls wrong cases certain; the prior on
+    log T keeps T where the held-out cases are far better served."""
+    logits, y = _sampled(4000, 3, seed=0)
+    cal = np.flatnonzero(logits.argmax(axis=1) == y)[:20]
+    rest = np.setdiff1d(np.arange(len(y)), cal)
+    plain = fit_temperature(logits[cal], y[cal], prior_sd=None)
+    t = fit_temperature(logits[cal], y[cal])
+    assert plain == pytest.approx(T_BOUNDS[0])
+    assert 0.1 < t < 1.0
+    held_out = {temperature: negative_log_likelihood(apply_temperature(logits[rest], temperature), y[rest])
+                for temperature in (plain, t)}
+    assert held_out[t] < held_out[plain] / 3
+    wrong = logits[rest].argmax(axis=1) != y[rest]
+    assert apply_temperature(logits[rest][wrong], plain).max(axis=1).mean() > 0.99  # wrong cases called certain
+    assert apply_temperature(logits[rest][wrong], t).max(axis=1).mean() < 0.95
+
+
+def test_the_prior_leaves_a_large_calibration_split_alone():
+    logits, y = _sampled(4000, 5, seed=3)
+    overconfident = 3.0 * logits
+    assert fit_temperature(overconfident, y) == pytest.approx(fit_temperature(overconfident, y, prior_sd=None), rel=0.005)
+    with pytest.raises(ValueError, match="prior_sd must be a finite number > 0 or None"):
+        fit_temperature(overconfident, y, prior_sd=0.0)
 
 
 def test_temperature_fit_on_mc_samples():

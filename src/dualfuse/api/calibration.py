@@ -2,7 +2,8 @@
 
     {"format": 2, "seed": 0, "rows": 32, "calibration_split": "cal", "calibration_note": null,
      "members": [...], "default": "1x30", "tta": {"views": 1, "translate": 0.05, "hflip": false, ...},
-     "predictors": {"1x0": {task: {...}}, "1x30": {task: {"predictor", "temperature", "referral", "conformal"}}}}
+     "predictors": {"1x0": {task: {...}}, "1x30": {task: {"predictor", "temperature", "temperature_prior_sd",
+                                                          "referral", "conformal"}}}}
 
 A predictor (K members x T MC samples [x A TTA views] [p P zip-mode partners]; "1x0" is the softmax,
 "1x30p8" MC dropout averaged over 8 partner images) is only ever used with its own calibration: `predict` looks up the predictor it runs, and refits it on the run's calibration split

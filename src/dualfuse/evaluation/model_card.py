@@ -110,6 +110,8 @@ def _calibration(evaluation: dict | None) -> dict | None:
         calibration = report["calibration"].get(split, {}) if split else {}
         out[task] = {"method": "temperature scaling", "predictor": report.get("predictor_label", "softmax"),
                      "fitted_on": report.get("calibration_split", "val"), "temperature": report["temperature"],
+                     # sd of the N(0, sd^2) prior on log T; None: fitted by the NLL alone (calibrations written before it)
+                     "log_temperature_prior_sd": report.get("temperature_prior_sd"),
                      "ece_before": calibration.get("softmax", {}).get("ece"),
                      "ece_after": calibration.get("predictor_temperature", {}).get("ece"), "ece_split": split}
     return out

@@ -2,7 +2,8 @@
 
 Calibration belongs to a predictor (`Predictor`: K members x T MC samples, or the eval-mode
 softmax): each one gets its own temperature, fitted to minimise the NLL of its own mean predictive
-distribution from its per-sample logits, and its own referral and conformal thresholds, all on the
+distribution from its per-sample logits (with a weak prior on log T, so a small calibration split whose
+cases are all right does not sharpen it to certainty), and its own referral and conformal thresholds, all on the
 calibration split (`cal`; `val` when there is none, which the report and metrics.json then say).
 
 Per task, `task_report` gives: calibration (ECE, adaptive ECE, NLL, Brier) of the softmax and of
@@ -21,7 +22,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from dualfuse.evaluation.predictions import Predictions, Predictor, conformal_sets, refer_flags, softmax
-from dualfuse.uncertainty.calibration import calibration_report, fit_temperature
+from dualfuse.uncertainty.calibration import T_PRIOR_SD, calibration_report, fit_temperature
 from dualfuse.uncertainty.conformal import (
     binomial_ci,
     conformal_report,
@@ -79,7 +80,7 @@ def calibrate(cal: Predictions, task: str, predictor: Predictor, target_accuracy
         referral = choose_referral_threshold(confidence[keep], correct[keep] & decidable[keep],
                                              target_accuracy=target_accuracy, guarantee=guarantee)
     referral.update(n=len(y), coverage=referral["n_accepted"] / len(y), n_decidable=int(decidable.sum()))
-    return {"predictor": predictor.key, "temperature": temperature,
+    return {"predictor": predictor.key, "temperature": temperature, "temperature_prior_sd": T_PRIOR_SD,
             "referral": {**referral, "confidence": "max_prob"}, "conformal": conformal}
 
 
@@ -209,7 +210,8 @@ def task_report(splits: dict[str, Predictions], task: str, stored: dict, alpha: 
     predictor in use (fitted on `cal_split`)."""
     predictor = Predictor.from_key(stored["predictor"])
     report: dict = {"predictor": stored["predictor"], "predictor_label": predictor.label,
-                    "temperature": stored["temperature"], "calibration_split": cal_split, "calibration": {},
+                    "temperature": stored["temperature"], "temperature_prior_sd": stored.get("temperature_prior_sd"),
+                    "calibration_split": cal_split, "calibration": {},
                     "selective": {}, "measures": {}, "referral": {"threshold": stored["referral"]["threshold"],
                     **{k: stored["referral"].get(k) for k in ("target_accuracy", "target_coverage", "reachable",
                                                               "guarantee", "accuracy_lower_bound", "bound_level",
