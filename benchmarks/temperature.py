@@ -95,8 +95,18 @@ def measure(sets: list[dict], cal_sizes=CAL_SIZES, draws: int = 20, seed: int = 
                      "temperature_p05": float(np.exp(np.percentile(log_t, 5))),
                      "temperature_median": float(np.exp(np.median(log_t))),
                      "temperature_p95": float(np.exp(np.percentile(log_t, 95))),
+                     **_change_from_before(tally, n_cal, name),
                      **{f"mean_{score}": means[score] for score in SCORES}, "datasets": sorted(entry["datasets"])})
     return rows, _paired(tally, rng, n_bootstrap)
+
+
+def _change_from_before(tally: dict, n_cal: int, name: str) -> dict:
+    """For dualfuse's rule: |T / T_before - 1| on the same draws (median and 95th percentile), how far
+    the prior moves the temperature plain scaling would have fitted."""
+    if name != NOW:
+        return {"t_change_median": None, "t_change_p95": None}
+    change = np.abs(np.exp(np.subtract(tally[(n_cal, NOW)]["log_t"], tally[(n_cal, BEFORE)]["log_t"])) - 1)
+    return {"t_change_median": float(np.median(change)), "t_change_p95": float(np.percentile(change, 95))}
 
 
 def _paired(tally: dict, rng: np.random.Generator, n_bootstrap: int) -> list[dict]:

@@ -59,6 +59,9 @@ def test_the_prior_keeps_small_calibration_splits_from_sharpening_to_the_bound(b
     # With 200 calibration cases the prior barely moves T: the two rules score alike.
     assert abs(paired[(200, bench.BEFORE, "nll")]["difference"]) < 0.005
     assert rows[(200, bench.NOW)]["temperature_median"] == pytest.approx(1.0, abs=0.25)
+    # how far the prior moves T: far on 20 cases (the all-right draws), barely on 200
+    assert rows[(20, bench.NOW)]["t_change_p95"] > 1.0 > 0.01 > rows[(200, bench.NOW)]["t_change_median"]
+    assert rows[(20, bench.BEFORE)]["t_change_median"] is None
     shown = capsys.readouterr().out
     assert "temperature fitted on n calibration cases" in shown and "wrote" in shown
 
@@ -66,6 +69,7 @@ def test_the_prior_keeps_small_calibration_splits_from_sharpening_to_the_bound(b
     section = "\n".join(docs.temperature_section(docs.load_temperature(out.parent)))
     assert "## Temperature on a small calibration split" in section
     assert f"| 20 | {bench.BEFORE} | 3 (60) |" in section
+    assert "How far the prior moves the temperature plain scaling fits" in section and "200 cases 0." in section
     assert "Reproduce (temperature_cpu.json): `python benchmarks/temperature.py --draws 20 --seed 0`" in section
 
 
