@@ -117,9 +117,9 @@ def _paired(tally: dict, rng: np.random.Generator, n_bootstrap: int) -> list[dic
         for rule, other in PAIRS:
             mine, theirs = tally[(n_cal, rule)]["sets"], tally[(n_cal, other)]["sets"]
             for score in SCORES:
-                differences = np.array([np.nanmean(np.subtract(mine[key][score], theirs[key][score]))
-                                        for key in mine if not np.isnan(np.subtract(mine[key][score],
-                                                                                    theirs[key][score])).all()])
+                per_set = [np.subtract(mine[key][score], theirs[key][score]) for key in mine]
+                # a set with no wrong prediction in any draw has no wrong-prediction score to compare
+                differences = np.array([np.nanmean(d) for d in per_set if not np.isnan(d).all()])
                 low, high = mean_ci(differences, rng, n_bootstrap)
                 verdict = "better" if high < 0 else "worse" if low > 0 else "tie"  # every score: lower is better
                 paired.append({"n_cal": n_cal, "rule": rule, "versus": other, "score": score,
